@@ -1,0 +1,67 @@
+"""The typed data that passes between layers (spec -> sizing -> bundle -> stack -> remote -> health).
+
+InstanceSpec lives in ``spec.py`` and Sizing in ``sizing.py``; the rest of the contract is here.
+Every arrow of DESIGN.md is a plain function call on these frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ObjectStorage:
+    """An S3-compatible bucket pair (Hetzner Object Storage on Hetzner; moto in tests)."""
+
+    endpoint: str  # https://fsn1.your-objectstorage.com
+    region: str  # fsn1
+    media_bucket: str  # uploads and cached remote media
+    backups_bucket: str  # restic repository; never the media bucket
+    access_key: str  # from the Hetzner console (secret)
+    secret_key: str  # from the Hetzner console (secret)
+    public_host: str = ""  # host that serves media publicly (Mastodon's S3_ALIAS_HOST), no scheme
+
+    def __repr__(self) -> str:  # never show credentials in logs or tracebacks
+        return f"ObjectStorage({self.endpoint!r}, media={self.media_bucket!r}, backups={self.backups_bucket!r})"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What `fedi render` wrote: everything the server needs, under ``root``."""
+
+    root: Path  # the output directory
+    manifest: dict[str, Any]  # manifest.json as written (no secret values)
+    cloud_init: str  # user-data text (bootstrap only)
+    host_public_key: str  # the pre-generated SSH host key (OpenSSH one-line form) to pin on first connect
+
+    def path(self, role: str) -> Path:
+        return self.root / self.manifest["files"][role]
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """How to reach a server over SSH with its host key pinned."""
+
+    address: str  # IP address or hostname to connect to
+    port: int = 22
+    user: str = "fedi"  # the admin user cloud-init creates; the playbook runs as root through sudo
+    host_key: str = ""  # the pinned host public key, OpenSSH one-line form ("ssh-ed25519 AAAA...")
+    netns: str | None = None  # local provider: /proc/<pid>/ns/net the client must connect from
+    client_key: Path | None = None  # private key file for `user` (0600)
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    """What a provider reports for one stack."""
+
+    stack: str  # stack name (derived from the domain)
+    provider: str  # hetzner | local
+    access: HostAccess  # how to reach the server
+    ipv4: str = ""
+    ipv6: str = ""
+    server_id: str = ""
+    server_type: str = ""
+    storage: ObjectStorage | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific outputs (for --json)

@@ -1,0 +1,274 @@
+"""InstanceSpec: what the user asked for, validated at the edge.
+
+Flags win over ``fedi.toml`` in the working directory; every error names the path of the bad key,
+the way Kamal does (``size: 'smal' is not one of tiny, small, medium, large``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import idna
+
+from provision.errors import ValidationError
+
+CONFIG_FILE = "fedi.toml"
+
+# software as the user names it -> the app fedi deploys. kbin stopped in 2023; mbin is its maintained
+# continuation with the same configuration lineage, so --software kbin deploys mbin and says so.
+APPS: dict[str, str] = {"mastodon": "mastodon", "lemmy": "lemmy", "kbin": "mbin"}
+KBIN_NOTE = "kbin is unmaintained since 2023; fedi deploys mbin, its maintained continuation."
+
+# Size tiers are named for user counts: (registered users, monthly active users) each is built for.
+SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (50, 20),
+    "small": (500, 150),
+    "medium": (3000, 1000),
+    "large": (15000, 5000),
+}
+
+# Hetzner Cloud locations (https://docs.hetzner.com/cloud/general/locations/).
+LOCATIONS: dict[str, str] = {
+    "fsn1": "Falkenstein, DE",
+    "nbg1": "Nuremberg, DE",
+    "hel1": "Helsinki, FI",
+    "ash": "Ashburn, VA, US",
+    "hil": "Hillsboro, OR, US",
+    "sin": "Singapore, SG",
+}
+PROVIDERS = ("hetzner", "local")
+REGISTRATIONS = ("open", "approval", "closed")
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_USERNAME = re.compile(r"^[a-z0-9_]{1,30}$")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Outgoing mail. The password is never a flag (argv is visible to every user of the machine)."""
+
+    host: str  # SMTP server hostname
+    port: int  # 587 (STARTTLS) or 465 (implicit TLS)
+    user: str  # login name
+    from_address: str  # envelope and header From
+    password_env: str = "FEDI_SMTP_PASSWORD"  # environment variable that holds the password
+
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance, as asked for. Every field is validated by :func:`build_spec`."""
+
+    software: str  # mastodon | lemmy | kbin (as the user named it)
+    size: str  # a key of SIZES
+    domain: str  # ASCII (IDNA/punycode) hostname, lower case, no trailing dot
+    location: str = "fsn1"  # Hetzner location
+    admin_email: str = ""  # first admin's e-mail; defaults to admin@<domain>
+    admin_username: str = "admin"  # first admin's account name
+    provider: str = "hetzner"  # hetzner | local
+    registrations: str = "approval"  # open | approval | closed
+    smtp: SmtpSettings | None = None  # outgoing mail; None = no mail (local tests)
+    ssh_allow: tuple[str, ...] = ()  # CIDRs allowed to reach port 22; empty = anywhere
+    production: bool = True  # delete/rebuild protection, typed confirmation on down
+    ephemeral: bool = False  # a throwaway stack (staging CA, labels, TTL)
+    ttl_hours: float = 0.0  # ephemeral stacks only: hours until `fedi sweep` may destroy it
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other fedi.toml sections
+
+    @property
+    def app(self) -> str:
+        """The app actually deployed: mastodon, lemmy or mbin."""
+        return APPS[self.software]
+
+    @property
+    def domain_unicode(self) -> str:
+        return idna.decode(self.domain)
+
+    @property
+    def stack_name(self) -> str:
+        """Stack names derive from the domain: social.example.org -> social-example-org."""
+        return re.sub(r"[^a-z0-9-]", "-", self.domain)
+
+    @property
+    def users(self) -> tuple[int, int]:
+        return SIZES[self.size]
+
+
+def one_of(path: str, value: Any, allowed: tuple[str, ...] | list[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValidationError(path, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def validate_domain(value: Any, path: str = "domain") -> str:
+    """A bare hostname, IDNA-aware. Returns the ASCII form. Refuses schemes, paths, ports and IPs."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(path, "a hostname is required, for example social.example.org")
+    raw = value.strip()
+    if "://" in raw:
+        raise ValidationError(path, f"{raw!r} has a scheme; give the bare hostname, without https://")
+    if "/" in raw or "?" in raw or "#" in raw:
+        raise ValidationError(path, f"{raw!r} has a path; give the bare hostname only")
+    host = raw.rstrip(".")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise ValidationError(path, f"{raw!r} is an IP address; a Fediverse instance needs a domain name")
+    if ":" in host:
+        raise ValidationError(path, f"{raw!r} has a port; instances are served on 443, give the hostname only")
+    if "@" in host:
+        raise ValidationError(path, f"{raw!r} looks like an e-mail address; give the hostname only")
+    try:
+        ascii_host = idna.encode(host, uts46=True).decode("ascii").lower()
+    except idna.IDNAError as exc:
+        raise ValidationError(path, f"{raw!r} is not a valid hostname ({exc})") from None
+    labels = ascii_host.split(".")
+    if len(labels) < 2:
+        raise ValidationError(path, f"{raw!r} needs at least two labels, for example social.example.org")
+    if labels[-1].isdigit():
+        raise ValidationError(path, f"{raw!r} is not a valid hostname (numeric top-level label)")
+    if len(ascii_host) > 253:
+        raise ValidationError(path, f"{raw!r} is longer than 253 characters")
+    return ascii_host
+
+
+def validate_email(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _EMAIL.match(value):
+        raise ValidationError(path, f"{value!r} is not an e-mail address")
+    return value
+
+
+def validate_cidr(value: Any, path: str) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=False))
+    except ValueError:
+        raise ValidationError(path, f"{value!r} is not a CIDR such as 203.0.113.0/24") from None
+
+
+def _smtp(raw: Any) -> SmtpSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValidationError("smtp", "must be a table with host, port, user and from")
+    allowed = {"host", "port", "user", "from", "password_env"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValidationError(f"smtp/{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
+    if "password" in raw:
+        raise ValidationError("smtp/password", "put the password in $FEDI_SMTP_PASSWORD, not in a file")
+    for key in ("host", "user", "from"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ValidationError(f"smtp/{key}", "is required")
+    port = raw.get("port", 587)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationError("smtp/port", f"{port!r} is not a port number")
+    return SmtpSettings(
+        host=raw["host"],
+        port=port,
+        user=raw["user"],
+        from_address=validate_email(raw["from"], "smtp/from"),
+        password_env=str(raw.get("password_env", "FEDI_SMTP_PASSWORD")),
+    )
+
+
+# Keys fedi.toml may hold at the top level, and the sections other modules read (each validates its own).
+SPEC_KEYS = (
+    "software",
+    "size",
+    "domain",
+    "location",
+    "admin_email",
+    "admin_username",
+    "provider",
+    "registrations",
+    "ssh_allow",
+    "production",
+)
+SECTIONS = ("smtp", "coop", "hooks", "backup", "state")
+
+
+def load_config(directory: Path | None = None) -> dict[str, Any]:
+    """Read ``fedi.toml`` from ``directory`` (the working directory). Missing file -> {}."""
+    path = (directory or Path.cwd()) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(CONFIG_FILE, f"is not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - set(SPEC_KEYS) - set(SECTIONS))
+    if unknown:
+        known = ", ".join((*SPEC_KEYS, *SECTIONS))
+        raise ValidationError(f"{CONFIG_FILE}: {unknown[0]}", f"unknown key (known: {known})")
+    return data
+
+
+def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> InstanceSpec:
+    """Merge flags over fedi.toml and validate. ``None`` flag values mean "not given"."""
+    config = config or {}
+    merged = {k: v for k, v in config.items() if k in SPEC_KEYS}
+    merged.update({k: v for k, v in flags.items() if v is not None and k not in ("ephemeral", "ttl_hours")})
+
+    for key in ("software", "size", "domain"):
+        if merged.get(key) in (None, ""):
+            raise ValidationError(key, f"is required (pass --{key} or set {key} in {CONFIG_FILE})")
+    software = one_of("software", merged["software"], tuple(APPS))
+    size = one_of("size", merged["size"], tuple(SIZES))
+    domain = validate_domain(merged["domain"])
+    location = one_of("location", merged.get("location", "fsn1"), tuple(LOCATIONS))
+    provider = one_of("provider", merged.get("provider", "hetzner"), PROVIDERS)
+    registrations = one_of("registrations", merged.get("registrations", "approval"), REGISTRATIONS)
+    admin_email = validate_email(merged.get("admin_email") or f"admin@{domain}", "admin_email")
+    admin_username = merged.get("admin_username", "admin")
+    if not isinstance(admin_username, str) or not _USERNAME.match(admin_username):
+        raise ValidationError("admin_username", f"{admin_username!r} must be 1-30 of a-z, 0-9 and _")
+    ssh_allow = merged.get("ssh_allow", ())
+    if isinstance(ssh_allow, str):
+        ssh_allow = [s for s in ssh_allow.split(",") if s.strip()]
+    if not isinstance(ssh_allow, list | tuple):
+        raise ValidationError("ssh_allow", "must be a list of CIDRs")
+    cidrs = tuple(validate_cidr(c.strip(), f"ssh_allow[{i}]") for i, c in enumerate(ssh_allow))
+    ephemeral = bool(flags.get("ephemeral"))
+    ttl = float(flags.get("ttl_hours") or 0.0)
+    if ephemeral and ttl <= 0:
+        raise ValidationError("ttl", "an ephemeral stack needs a positive TTL, for example --ttl 2h")
+    production = merged.get("production", not ephemeral and provider == "hetzner")
+    if not isinstance(production, bool):
+        raise ValidationError("production", f"{production!r} must be true or false")
+    return InstanceSpec(
+        software=software,
+        size=size,
+        domain=domain,
+        location=location,
+        admin_email=admin_email,
+        admin_username=admin_username,
+        provider=provider,
+        registrations=registrations,
+        smtp=_smtp(config.get("smtp")),
+        ssh_allow=cidrs,
+        production=production and not ephemeral,
+        ephemeral=ephemeral,
+        ttl_hours=ttl,
+        extra={k: config[k] for k in SECTIONS if k in config and k != "smtp"},
+    )
+
+
+def parse_ttl(value: str) -> float:
+    """'2h' -> 2.0, '90m' -> 1.5, '1d' -> 24.0. Returns hours."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", value or "")
+    if not match:
+        raise ValidationError("ttl", f"{value!r} is not a duration such as 90m, 2h or 1d")
+    number, unit = float(match.group(1)), match.group(2) or "h"
+    hours = {"m": number / 60, "h": number, "d": number * 24}[unit]
+    if hours <= 0:
+        raise ValidationError("ttl", "must be positive")
+    return hours
