@@ -1,0 +1,83 @@
+"""The provider contract: the few operations `up`, `resize`, `down`, `status` and `ssh` need from a
+place that runs servers. Hetzner (the Pulumi stack, ``providers/hetzner.py``) and local (a booted
+Debian 13 machine under systemd-nspawn, ``providers/local.py``) implement it.
+
+Typed data in and out; a provider never configures the server itself (that is ``remote`` + the
+playbook, the same for every provider) and never prints: it reports through ``progress``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from provision.model import Bundle, StackOutputs
+from provision.sizing import Sizing
+from provision.spec import InstanceSpec
+
+Progress = Callable[[str], None]  # one human line per event ("+ hcloud:Server created (12s)")
+
+
+@dataclass(frozen=True)
+class PlannedResource:
+    type: str  # e.g. hcloud:index/server:Server, or local:machine
+    name: str  # logical name
+    action: str  # create | update | replace | delete | same
+    properties: dict[str, Any] = field(default_factory=dict)  # key properties, no secrets
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    provider: str
+    resources: tuple[PlannedResource, ...]
+    offline: bool = False  # True: computed under Pulumi's mocks (no token or no Pulumi CLI)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    stack: str
+    provider: str
+    software: str
+    size: str
+    domain: str
+    created: str  # ISO 8601 UTC
+    ephemeral: bool = False
+    expires: str = ""  # ISO 8601 UTC, ephemeral stacks only
+    production: bool = False
+
+
+class Provider(Protocol):
+    name: str
+
+    def preflight(self, spec: InstanceSpec) -> None:
+        """Raise MissingPrerequisite (one clear line) for anything missing; create nothing."""
+
+    def secrets(self, spec: InstanceSpec) -> dict[str, str]:
+        """The stack's app secrets: generated once, stored encrypted, the same on every later call."""
+
+    def plan(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle) -> Plan: ...
+
+    def up(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, progress: Progress) -> StackOutputs:
+        """Create or converge the host; return how to reach it (pinned host key included)."""
+
+    def resize(self, spec: InstanceSpec, old: Sizing, new: Sizing, progress: Progress) -> StackOutputs: ...
+
+    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False) -> None: ...
+
+    def outputs(self, stack: str) -> StackOutputs:
+        """The outputs of an existing stack; ProvisionError if there is none."""
+
+    def stacks(self) -> list[StackSummary]: ...
+
+    def pin_host_key(self, stack: str, host_key: str) -> None:
+        """Store the server's new host key (the playbook rotates the one-time bootstrap key)."""
+
+
+def get_provider(name: str, **options: Any) -> Provider:
+    """``hetzner`` or ``local``; imported lazily so the other provider's SDKs are never loaded."""
+    module = importlib.import_module(f"provision.providers.{name}")
+    return module.provider(**options)
