@@ -1,0 +1,131 @@
+"""The network of a local machine: its own network namespace joined to the host by a veth pair.
+
+Each machine gets one /30 from ``SUBNET``: the host side of the veth is ``.1``, the machine side
+(``eth0`` inside the namespace) is ``.2``, with a default route via the host. The host reaches the
+machine at its ``.2`` address directly; traffic never leaves the machine (no forwarding or NAT is
+set up, so the machine has no internet access of its own).
+
+Commands are built as data (lists of argv lists) and run by :func:`setup` / :func:`teardown`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import ProvisionError
+
+SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
+NETNS_DIR = Path("/run/netns")
+LOCK = Path("/run/fedi-local-net.lock")
+GUEST_IF = "eth0"
+
+
+@dataclass(frozen=True)
+class Net:
+    """One machine's network: namespace, veth names and its /30."""
+
+    short: str  # 8 hex chars derived from the machine name
+    index: int  # which /30 of SUBNET
+    netns: str  # fedi-<short>; /run/netns/<netns>
+    host_if: str  # veth end on the host (fv-<short>)
+    peer_if: str  # veth end created on the host, moved into the namespace and renamed GUEST_IF
+    host_address: str  # x.x.x.1
+    address: str  # x.x.x.2: the machine's address
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
+
+
+def short_name(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def plan(name: str, index: int) -> Net:
+    if not 1 <= index < SUBNET.num_addresses // 4:
+        raise ProvisionError(f"no free /30 left in {SUBNET} for local machines")
+    base = SUBNET.network_address + 4 * index
+    short = short_name(name)
+    return Net(short, index, f"fedi-{short}", f"fv-{short}", f"fm-{short}", str(base + 1), str(base + 2))
+
+
+def setup_commands(net: Net) -> list[list[str]]:
+    ns = net.netns
+    return [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", net.host_if, "type", "veth", "peer", "name", net.peer_if],
+        ["ip", "link", "set", net.peer_if, "netns", ns],
+        ["ip", "-n", ns, "link", "set", net.peer_if, "name", GUEST_IF],
+        ["ip", "addr", "add", f"{net.host_address}/30", "dev", net.host_if],
+        ["ip", "link", "set", net.host_if, "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ["ip", "-n", ns, "addr", "add", f"{net.address}/30", "dev", GUEST_IF],
+        ["ip", "-n", ns, "link", "set", GUEST_IF, "up"],
+        ["ip", "-n", ns, "route", "add", "default", "via", net.host_address],
+    ]
+
+
+def teardown_commands(net: Net) -> list[list[str]]:
+    # Deleting one end of a veth deletes both; deleting the namespace unmounts /run/netns/<ns>.
+    return [["ip", "link", "del", net.host_if], ["ip", "netns", "del", net.netns]]
+
+
+def used_indexes(ip_addr_output: str) -> set[int]:
+    """The /30 indexes already taken on this host, from ``ip -o -4 addr show`` output."""
+    used: set[int] = set()
+    for line in ip_addr_output.splitlines():
+        parts = line.split()
+        if "inet" not in parts:
+            continue
+        address = ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).ip
+        if address in SUBNET:
+            used.add((int(address) - int(SUBNET.network_address)) // 4)
+    return used
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    with open(LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def exists(net: Net) -> bool:
+    return net.netns_path.exists()
+
+
+def setup(name: str, index: int | None = None) -> Net:
+    """Create the namespace and veth for ``name``; reuse ``index`` if given (a restarted machine)."""
+    with _lock():
+        if index is None:
+            taken = used_indexes(_run(["ip", "-o", "-4", "addr", "show"]).stdout)
+            index = next(i for i in range(1, SUBNET.num_addresses // 4) if i not in taken)
+        net = plan(name, index)
+        if exists(net):
+            return net
+        for argv in setup_commands(net):
+            result = _run(argv)
+            if result.returncode != 0:
+                teardown(net)
+                raise ProvisionError(f"could not set up the machine network: {' '.join(argv)}: {result.stderr.strip()}")
+        return net
+
+
+def teardown(net: Net) -> None:
+    """Remove the veth and the namespace; missing pieces are fine (idempotent)."""
+    for argv in teardown_commands(net):
+        _run(argv)
