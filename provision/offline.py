@@ -8,8 +8,11 @@ for real ones.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Inputs that hold secrets: never recorded, never printed.
@@ -70,10 +73,11 @@ def mocks_class():
 
         def __init__(self) -> None:
             self.recorded: list[Recorded] = []
-            self._ids = itertools.count(1001)
 
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-            rid = str(next(self._ids))
+            # stable per resource (not per registration order), as a cloud id is across updates
+            digest = hashlib.sha256(f"{args.typ}::{args.name}".encode()).hexdigest()
+            rid = str(1_000_000 + int(digest[:8], 16) % 9_000_000)
             state = dict(args.inputs)
             state.update(_computed(args.typ, rid, args.inputs))
             self.recorded.append(Recorded(args.typ, args.name, rid, redact(dict(args.inputs))))
@@ -105,3 +109,99 @@ def run(cfg) -> OfflineRun:
         r for r in mocks.recorded if r.type.startswith("pulumi:providers:")
     ]
     return result
+
+
+def _short(key: str) -> str:
+    """'hcloud:index/server:Server::server' -> 'Server server'."""
+    typ, name = key.split("::", 1)
+    return f"{typ.split(':')[-1]} {name}"
+
+
+class OfflineEngine:
+    """The engine interface of ``provision.engine.PulumiEngine``, answered by the real program under mocks.
+
+    ``fedi plan`` uses it when there is no token or no Pulumi CLI (and says so); the tests use it as
+    the test engine for up/status/resize/down. It keeps what a backend would keep (stack config and
+    outputs) as 0600 JSON files under ``<state>/offline/``: nothing here ever touches a cloud.
+    """
+
+    offline = True
+
+    def __init__(self, root: Path | None = None):
+        from provision import paths
+
+        self.root = root or paths.state_dir() / "offline"
+        self.last_run: OfflineRun | None = None
+
+    def _file(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def _load(self, name: str) -> dict[str, Any]:
+        path = self._file(name)
+        return json.loads(path.read_text()) if path.exists() else {"config": {}, "outputs": None, "updated": ""}
+
+    def _save(self, name: str, data: dict[str, Any]) -> None:
+        from provision.paths import write_private
+
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self._file(name), json.dumps(data, sort_keys=True))
+
+    def preflight(self, *, need_token: bool = True) -> None:
+        return None
+
+    def read_config(self, name: str, key: str) -> str | None:
+        return self._load(name)["config"].get(key)
+
+    def write_config(self, name: str, key: str, value: str, *, secret: bool) -> None:
+        data = self._load(name)
+        data["config"][key] = value
+        self._save(name, data)
+
+    def preview(self, cfg, progress) -> list:
+        from provision.providers import PlannedResource
+
+        existing = self._load(cfg.stack).get("resources") or {}
+        self.last_run = run(cfg)
+        planned = []
+        for r in self.last_run.resources:
+            before = existing.get(f"{r.type}::{r.name}")
+            action = "create" if before is None else ("same" if before == r.inputs else "update")
+            planned.append(PlannedResource(r.type, r.name, action, r.inputs))
+        return planned
+
+    def up(self, cfg, progress) -> dict[str, Any]:
+        data = self._load(cfg.stack)
+        before = data.get("resources") or {}
+        self.last_run = run(cfg)
+        after = {f"{r.type}::{r.name}": r.inputs for r in self.last_run.resources}
+        for key, inputs in after.items():
+            if before.get(key) != inputs:
+                verb = "updated" if key in before else "created"
+                progress(f"+ {_short(key)} {verb} (offline)")
+        outputs = dict(self.last_run.outputs)
+        if data.get("outputs"):  # a real backend keeps the cloud's ids and addresses across updates
+            for key in ("ipv4", "ipv6", "server_id", "volume_id", "volume_device"):
+                outputs[key] = data["outputs"].get(key, outputs.get(key))
+        data.update(resources=after, outputs=outputs, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._save(cfg.stack, data)
+        return outputs
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        from provision.errors import ProvisionError
+
+        outputs = self._load(name).get("outputs")
+        if not outputs:
+            raise ProvisionError(f"stack {name!r} does not exist in the state backend", hint="see `fedi stacks`")
+        return outputs
+
+    def destroy(self, name: str, progress) -> None:
+        data = self._load(name)
+        for key in reversed(list(data.get("resources") or {})):
+            progress(f"- {_short(key)} deleted (offline)")
+        self._file(name).unlink(missing_ok=True)
+
+    def stack_names(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
+
+    def resources(self, name: str) -> dict[str, Any]:
+        return self._load(name).get("resources") or {}

@@ -157,3 +157,22 @@ def build_config(
         purge_backups=purge_backups,
         created=created,
     )
+
+
+def config_to_json(cfg: StackConfig) -> str:
+    """For the backend's secret stack config (it holds cloud-init and the storage credentials)."""
+    import dataclasses
+    import json
+
+    data = dataclasses.asdict(cfg)
+    data["storage"] = dataclasses.asdict(cfg.storage) if cfg.storage else None
+    return json.dumps(data, sort_keys=True)
+
+
+def config_from_json(text: str) -> StackConfig:
+    import json
+
+    data = json.loads(text)
+    storage = data.pop("storage", None)
+    data["ssh_allow"] = tuple(data.get("ssh_allow") or ())
+    return StackConfig(**data, storage=ObjectStorage(**storage) if storage else None)

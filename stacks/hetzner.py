@@ -135,6 +135,7 @@ def declare(cfg: StackConfig) -> Declared:
         "domain": pulumi.Output.from_input(cfg.domain),
         "software": pulumi.Output.from_input(cfg.software),
         "size": pulumi.Output.from_input(cfg.size),
+        "location": pulumi.Output.from_input(cfg.location),
         "server_type": pulumi.Output.from_input(cfg.server_type),
         "production": pulumi.Output.from_input(cfg.production),
         "ephemeral": pulumi.Output.from_input(cfg.ephemeral),

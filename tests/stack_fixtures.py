@@ -36,3 +36,30 @@ def config_of(*, storage: bool = True, zone: str | None = None, **flags):
         dns_zone=guess_zone(spec.domain) if zone is None else zone,
         created=1_800_000_000,
     )
+
+
+def isolate(monkeypatch, tmp_path: Path) -> Path:
+    """Fresh state/cache/config dirs, no token, no passphrase, and a PATH without `pulumi`."""
+    for env in ("FEDI_STATE_DIR", "FEDI_CACHE_DIR", "FEDI_CONFIG_DIR"):
+        monkeypatch.setenv(env, str(tmp_path / env.lower()))
+    for env in (
+        "HCLOUD_TOKEN",
+        "PULUMI_CONFIG_PASSPHRASE",
+        "PULUMI_CONFIG_PASSPHRASE_FILE",
+        "FEDI_PASSPHRASE",
+        "FEDI_S3_ACCESS_KEY",
+        "FEDI_S3_SECRET_KEY",
+    ):
+        monkeypatch.delenv(env, raising=False)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return bindir
+
+
+def fake_cli(bindir: Path) -> None:
+    """An executable named `pulumi` on PATH: only its presence is checked (it is never run here)."""
+    cli = bindir / "pulumi"
+    cli.write_text("#!/bin/sh\nexit 99\n")
+    cli.chmod(0o755)

@@ -1,0 +1,257 @@
+"""The lifecycle of a stack, the same for every provider: plan, up, status, resize, down.
+
+up = preflight -> secrets -> render bundle (0700 dir under the state dir) -> [plan + confirm] ->
+provider.up -> remote.configure -> provider.pin_host_key -> health.wait -> billing event.
+
+The steps owned by other modules (bundle, remote, health, hooks, cost) are reached through
+:class:`Steps`, whose defaults import those modules lazily; tests replace single steps.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from provision import paths
+from provision.errors import Aborted, BackupError
+from provision.model import Bundle, StackOutputs
+from provision.providers import Plan, Progress, Provider
+from provision.sizing import Sizing, size_for, sizing
+from provision.spec import InstanceSpec
+
+BUNDLE_DIR = "/opt/fedi/bundle"
+BACKUP_ARGV = ["sudo", "-n", "/usr/local/sbin/fedi-backup"]
+
+
+def _render(spec, sizing_, secrets, storage, out):
+    from provision.bundle import render_bundle
+
+    return render_bundle(spec, sizing_, secrets, storage, out)
+
+
+def _configure(access, bundle, runtime, progress):
+    from provision import remote
+
+    return remote.configure(access, bundle, runtime, progress)
+
+
+def _remote_run(access, argv):
+    from provision import remote
+
+    return remote.run(access, argv)
+
+
+def _health(spec, outputs, progress):
+    from provision import health
+
+    return health.wait(spec, outputs, progress=progress)
+
+
+def _event(kind, spec, outputs, cost):
+    from provision import hooks
+
+    return hooks.emit_lifecycle(kind, spec=spec, outputs=outputs, cost=cost)
+
+
+def _cost(spec, sizing_):
+    from provision.cost import monthly_cost
+
+    return monthly_cost(spec, sizing_)
+
+
+@dataclass(frozen=True)
+class Steps:
+    render: Callable[..., Bundle] = _render
+    configure: Callable[..., Any] = _configure
+    remote_run: Callable[..., tuple[int, str, str]] = _remote_run
+    health: Callable[..., Any] = _health
+    event: Callable[..., Any] = _event
+    cost: Callable[..., Any] = _cost
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a lifecycle command did, for the human summary and --json."""
+
+    stack: str
+    outputs: StackOutputs | None
+    cost: Any = None  # provision.cost.CostBreakdown (or CostDifference for resize)
+    health: Any = None  # provision.health.HealthReport
+    configure: Any = None  # provision.remote.ConfigureResult
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    elapsed_s: float = 0.0
+
+
+def bundle_dir(stack: str) -> Path:
+    root = paths.state_dir() / "bundles"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root / stack
+
+
+def render(spec: InstanceSpec, sz: Sizing, secrets: dict[str, str], provider: Provider, steps: Steps) -> Bundle:
+    """Render into a fresh 0700 directory, then swap it for the stack's previous bundle."""
+    storage = provider.storage(spec) if hasattr(provider, "storage") else None
+    final = bundle_dir(spec.stack_name)
+    fresh = final.with_name(final.name + ".new")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    fresh.mkdir(mode=0o700)
+    bundle = steps.render(spec, sz, secrets, storage, fresh)
+    if final.exists():
+        shutil.rmtree(final)
+    fresh.rename(final)
+    return replace(bundle, root=final)
+
+
+def runtime_vars(outputs: StackOutputs) -> dict[str, Any]:
+    """/opt/fedi/runtime.yml: the volume device ('' = data on the root disk) and whether apps start."""
+    return {
+        "fedi_volume_device": outputs.extra.get("volume_device", ""),
+        "fedi_start_app": bool(outputs.extra.get("start_app", True)),
+        "fedi_bundle_dir": BUNDLE_DIR,
+    }
+
+
+def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tuple[Plan, Any]:
+    """What `up` would create or change, and the monthly cost. Stores nothing."""
+    import tempfile
+
+    sz = sizing(spec)
+    secrets = provider.secrets(spec, store=False) if _takes(provider.secrets, "store") else provider.secrets(spec)
+    with tempfile.TemporaryDirectory(prefix="fedi-plan-") as tmp:
+        bundle = _plan_bundle(spec, sz, secrets, provider, Path(tmp), steps)
+        the_plan = provider.plan(spec, sz, bundle)
+    return the_plan, steps.cost(spec, sz)
+
+
+def _plan_bundle(spec, sz, secrets, provider, out: Path, steps: Steps) -> Bundle:
+    storage = provider.storage(spec) if hasattr(provider, "storage") else None
+    return steps.render(spec, sz, secrets, storage, out / "bundle")
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def up(
+    spec: InstanceSpec,
+    provider: Provider,
+    progress: Progress,
+    *,
+    confirm: Callable[[Plan, Any], bool] | None = None,
+    steps: Steps = Steps(),
+) -> Result:
+    started = time.monotonic()
+    provider.preflight(spec)
+    sz = sizing(spec)
+    cost = steps.cost(spec, sz)
+    secrets = provider.secrets(spec)
+    progress("rendering the bundle")
+    bundle = render(spec, sz, secrets, provider, steps)
+    if confirm is not None and not confirm(provider.plan(spec, sz, bundle), cost):
+        raise Aborted("nothing was created")
+    progress(f"provisioning {spec.stack_name} on {provider.name}")
+    outputs = provider.up(spec, sz, bundle, progress)
+    progress(f"configuring {outputs.access.address} with the playbook")
+    configured = steps.configure(outputs.access, bundle, runtime_vars(outputs), progress)
+    provider.pin_host_key(outputs.stack, configured.host_key)
+    outputs = provider.outputs(outputs.stack)
+    progress("waiting for the instance to be healthy")
+    report = steps.health(spec, outputs, progress)
+    steps.event("stack.created", spec, outputs, cost)
+    return Result(outputs.stack, outputs, cost, report, configured, elapsed_s=time.monotonic() - started)
+
+
+def status(stack: str, provider: Provider, spec: InstanceSpec | None = None, steps: Steps = Steps()) -> Result:
+    outputs = provider.outputs(stack)
+    spec = spec or spec_of_outputs(outputs)
+    cost = steps.cost(spec, sizing(spec)) if spec else None
+    report = None
+    notes: tuple[str, ...] = ()
+    if spec is not None:
+        try:
+            from provision import health
+
+            report = health.check(spec, outputs)
+        except (ImportError, AttributeError):
+            notes = ("health check unavailable in this build",)
+    return Result(stack, outputs, cost, report, notes=notes)
+
+
+def spec_of_outputs(outputs: StackOutputs) -> InstanceSpec | None:
+    """Rebuild the spec a stack was made with from its outputs (software, size, domain, location)."""
+    from provision.spec import build_spec
+
+    extra = outputs.extra
+    if not all(extra.get(k) for k in ("software", "size", "domain")):
+        return None
+    flags = {k: extra[k] for k in ("software", "size", "domain")}
+    flags["provider"] = outputs.provider
+    if extra.get("location"):
+        flags["location"] = extra["location"]
+    flags["production"] = bool(extra.get("production", False))
+    return build_spec(flags)
+
+
+def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
+    """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
+    started = time.monotonic()
+    provider.preflight(spec)
+    current = provider.outputs(spec.stack_name)
+    old_size = current.extra.get("size") or spec.size
+    old, new = size_for(old_size, spec.app), sizing(spec)
+    cost_old, cost_new = steps.cost(replace(spec, size=old_size), old), steps.cost(spec, new)
+    outputs = provider.resize(spec, old, new, progress)
+    secrets = provider.secrets(spec)
+    bundle = render(spec, new, secrets, provider, steps)
+    progress("re-tuning Postgres and the app for the new size")
+    configured = steps.configure(outputs.access, bundle, runtime_vars(outputs), progress)
+    provider.pin_host_key(outputs.stack, configured.host_key)
+    outputs = provider.outputs(outputs.stack)
+    report = steps.health(spec, outputs, progress)
+    steps.event("stack.resized", spec, outputs, cost_new)
+    from provision.cost import resize_difference
+
+    diff = resize_difference(cost_old, cost_new) if hasattr(cost_old, "total") else (cost_old, cost_new)
+    return Result(outputs.stack, outputs, diff, report, configured, elapsed_s=time.monotonic() - started)
+
+
+def down(
+    stack: str,
+    provider: Provider,
+    progress: Progress,
+    *,
+    purge_backups: bool = False,
+    unprotect: bool = False,
+    skip_backup: bool = False,
+    steps: Steps = Steps(),
+) -> Result:
+    """Destroy a stack: pre-destroy backup, provider.down, billing event. Confirmation is the CLI's job."""
+    outputs = provider.outputs(stack)
+    spec = spec_of_outputs(outputs)
+    if not skip_backup and outputs.access.address:
+        progress("running the pre-destroy backup")
+        try:
+            rc, _out, err = steps.remote_run(outputs.access, BACKUP_ARGV)
+        except Exception as exc:  # noqa: BLE001 - an unreachable server must not block its own removal silently
+            raise BackupError(f"the pre-destroy backup could not run: {exc}", hint="use --skip-backup") from None
+        if rc != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise BackupError(f"the pre-destroy backup failed: {last}", hint="fix it, or use --skip-backup")
+    kwargs: dict[str, Any] = {"purge_backups": purge_backups}
+    if unprotect:
+        kwargs["unprotect"] = True
+    provider.down(stack, progress, **kwargs)
+    cost = steps.cost(spec, sizing(spec)) if spec else None
+    if spec is not None:
+        steps.event("stack.destroyed", spec, outputs, cost)
+    path = bundle_dir(stack)
+    if path.exists():
+        shutil.rmtree(path)
+    return Result(stack, outputs, cost)

@@ -1,0 +1,270 @@
+"""The Hetzner Cloud provider: the stack program run by the Pulumi engine (or, offline, under mocks).
+
+What it keeps in the state backend per stack (see provision/engine.py): the app secrets, the
+StackConfig of the last `up`, the pinned host key. Object Storage credentials come from
+$FEDI_S3_ACCESS_KEY / $FEDI_S3_SECRET_KEY (created in the Hetzner console); the DNS zone is looked up
+at Hetzner's DNS (the Cloud API's zones) with the token: found -> rrsets are managed, else fedi
+prints the records to create.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from provision import paths
+from provision.errors import MissingPrerequisite, ProvisionError
+from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
+from provision.providers import Plan, Progress, StackSummary
+from provision.sizing import Sizing
+from provision.spec import InstanceSpec
+from stacks.config import StackConfig, build_config, config_from_json, config_to_json, guess_zone, storage_for
+
+S3_ACCESS_ENV = "FEDI_S3_ACCESS_KEY"
+S3_SECRET_ENV = "FEDI_S3_SECRET_KEY"
+API_URL = "https://api.hetzner.cloud/v1"
+RESIZE_NOTE = (
+    "changing the server type powers the server off, changes it and powers it on: expect 1-3 minutes without service"
+)
+
+
+def zone_candidates(domain: str) -> list[str]:
+    """social.example.org -> [social.example.org, example.org] (longest first, at least two labels)."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+
+
+def find_zone(domain: str, token: str, *, base_url: str | None = None, client: Any = None) -> str:
+    """The Hetzner DNS zone (Cloud API /zones) that holds ``domain``, or '' if it is elsewhere."""
+    import httpx
+
+    base = base_url or os.environ.get("FEDI_HCLOUD_API") or API_URL
+    own = client is None
+    client = client or httpx.Client(timeout=10.0)
+    try:
+        for candidate in zone_candidates(domain):
+            try:
+                reply = client.get(
+                    f"{base}/zones", params={"name": candidate}, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.HTTPError as exc:
+                raise ProvisionError(f"cannot reach the Hetzner API to look up the DNS zone: {exc}") from None
+            if reply.status_code == 401:
+                raise ProvisionError("Hetzner refused the token", hint="HCLOUD_TOKEN must be a Read & Write token")
+            if reply.status_code != 200:
+                raise ProvisionError(f"the Hetzner API answered {reply.status_code} to a DNS zone look-up")
+            zones = reply.json().get("zones", [])
+            if any(z.get("name") == candidate for z in zones):
+                return candidate
+        return ""
+    finally:
+        if own:
+            client.close()
+
+
+def dns_records(outputs: dict[str, Any], domain: str, admin_email: str) -> list[tuple[str, str, str]]:
+    """The records to create by hand when the zone is elsewhere: (name, type, value)."""
+    from stacks.hetzner import caa_records
+
+    fake = dataclasses.make_dataclass("C", ["admin_email"])(admin_email)
+    records = [(domain, "A", outputs.get("ipv4", "")), (domain, "AAAA", outputs.get("ipv6", ""))]
+    return records + [(domain, "CAA", value) for value in caa_records(fake)]
+
+
+class HetznerProvider:
+    name = "hetzner"
+
+    def __init__(self, engine: Any = None, backend: str | None = None):
+        if engine is None:
+            from provision.engine import PulumiEngine
+
+            engine = PulumiEngine(backend)
+        self.engine = engine
+
+    # -- before anything is created --
+
+    def preflight(self, spec: InstanceSpec) -> None:
+        self.engine.preflight()
+        missing = [env for env in (S3_ACCESS_ENV, S3_SECRET_ENV) if not os.environ.get(env)]
+        if missing and not self.engine.offline:
+            raise MissingPrerequisite(
+                f"{' and '.join(missing)} not set: create Object Storage credentials in the Hetzner console "
+                "(Object Storage > Security credentials) and export them"
+            )
+
+    def storage(self, spec: InstanceSpec) -> ObjectStorage:
+        key, secret = os.environ.get(S3_ACCESS_ENV, ""), os.environ.get(S3_SECRET_ENV, "")
+        return storage_for(spec, spec.stack_name, key, secret)
+
+    def secrets(self, spec: InstanceSpec, *, store: bool = True) -> dict[str, str]:
+        """Stored secrets, else fresh ones (stored encrypted unless ``store`` is False: `plan` stores nothing)."""
+        stored = self.engine.read_config(spec.stack_name, "secrets")
+        if stored:
+            return json.loads(stored)
+        from provision.secrets import generate_secrets
+
+        fresh = generate_secrets(spec)
+        if store:
+            self.engine.write_config(spec.stack_name, "secrets", json.dumps(fresh, sort_keys=True), secret=True)
+        return fresh
+
+    def dns_zone(self, spec: InstanceSpec) -> tuple[str, str]:
+        """(zone, note). Offline the registrable domain is assumed to be at Hetzner and the note says so."""
+        if self.engine.offline:
+            zone = guess_zone(spec.domain)
+            return zone, f"offline: assumed the DNS zone {zone} is managed at Hetzner"
+        zone = find_zone(spec.domain, os.environ.get("HCLOUD_TOKEN", ""))
+        note = "" if zone else f"the DNS zone of {spec.domain} is not at Hetzner: fedi prints the records to create"
+        return zone, note
+
+    # -- the stack config --
+
+    def stored_config(self, stack: str) -> StackConfig | None:
+        text = self.engine.read_config(stack, "stackconfig")
+        return config_from_json(text) if text else None
+
+    def _config(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, secrets: dict[str, str]) -> StackConfig:
+        previous = self.stored_config(spec.stack_name)
+        zone, _ = self.dns_zone(spec)
+        return build_config(
+            spec,
+            sizing,
+            bundle,
+            stack=spec.stack_name,
+            ssh_public_key=secrets["ssh_client_key_pub"],
+            storage=self.storage(spec),
+            dns_zone=zone,
+            volume_gb=previous.volume_gb if previous else None,  # the volume never shrinks
+            created=previous.created if previous else None,
+        )
+
+    def _apply(self, cfg: StackConfig, progress: Progress) -> dict[str, Any]:
+        self.engine.write_config(cfg.stack, "stackconfig", config_to_json(cfg), secret=True)
+        return self.engine.up(cfg, progress)
+
+    # -- the Provider protocol --
+
+    def plan(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, secrets: dict[str, str] | None = None) -> Plan:
+        secrets = secrets or self.secrets(spec, store=False)
+        cfg = self._config(spec, sizing, bundle, secrets)
+        resources = self.engine.preview(cfg, lambda _line: None)
+        zone_note = self.dns_zone(spec)[1]
+        notes = [zone_note] if zone_note else []
+        if self.engine.offline:
+            notes.insert(0, "offline plan: the real stack program ran under Pulumi's mocks (no token or no Pulumi CLI)")
+        if cfg.volume_gb > sizing.volume_gb:
+            notes.append(f"the volume stays at {cfg.volume_gb} GB (volumes never shrink)")
+        return Plan(cfg.stack, self.name, tuple(resources), offline=self.engine.offline, notes=tuple(notes))
+
+    def up(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, progress: Progress) -> StackOutputs:
+        secrets = self.secrets(spec)
+        cfg = self._config(spec, sizing, bundle, secrets)
+        self._apply(cfg, progress)
+        if not cfg.dns_zone:
+            outputs = self.engine.outputs(cfg.stack)
+            for name, rtype, value in dns_records(outputs, spec.domain, spec.admin_email):
+                progress(f"DNS: create {name} {rtype} {value}")
+        return self.outputs(cfg.stack)
+
+    def resize(self, spec: InstanceSpec, old: Sizing, new: Sizing, progress: Progress) -> StackOutputs:
+        cfg = self.stored_config(spec.stack_name)
+        if cfg is None:
+            raise ProvisionError(f"stack {spec.stack_name!r} does not exist in the state backend")
+        volume = max(cfg.volume_gb, new.volume_gb)
+        if new.volume_gb < cfg.volume_gb:
+            progress(f"the volume stays at {cfg.volume_gb} GB: volumes never shrink")
+        if new.server.name != cfg.server_type:
+            progress(f"{cfg.server_type} -> {new.server.name}: {RESIZE_NOTE}")
+        resized = dataclasses.replace(cfg, server_type=new.server.name, size=new.size, volume_gb=volume)
+        started = time.monotonic()
+        self._apply(resized, progress)
+        progress(f"resized in {time.monotonic() - started:.0f}s")
+        return self.outputs(cfg.stack)
+
+    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False, unprotect: bool = False) -> None:
+        cfg = self.stored_config(stack)
+        if cfg is None:
+            raise ProvisionError(f"stack {stack!r} does not exist in the state backend", hint="see `fedi stacks`")
+        if cfg.production and not unprotect:
+            raise ProvisionError(
+                f"{cfg.domain} is a production stack with delete protection on",
+                hint="re-run with --force-unprotect to lift the protection and destroy it",
+            )
+        if cfg.production or purge_backups:
+            progress("lifting delete protection" if cfg.production else "allowing the backups bucket to be deleted")
+            self._apply(dataclasses.replace(cfg, production=False, purge_backups=purge_backups), progress)
+        if cfg.storage and not purge_backups:
+            progress(f"keeping the backups bucket {cfg.storage.backups_bucket} (use --purge-backups to delete it)")
+        self.engine.destroy(stack, progress)
+        key_dir = paths.state_dir() / "keys" / stack
+        for f in key_dir.glob("*"):
+            f.unlink()
+        if key_dir.is_dir():
+            key_dir.rmdir()
+
+    def outputs(self, stack: str) -> StackOutputs:
+        out = self.engine.outputs(stack)
+        cfg = self.stored_config(stack)
+        pinned = self.engine.read_config(stack, "host_key") or ""
+        secrets_text = self.engine.read_config(stack, "secrets")
+        client_key = None
+        if secrets_text:
+            client_key = self._client_key_file(stack, json.loads(secrets_text)["ssh_client_key"])
+        bootstrap = cfg.host_public_key if cfg else ""
+        storage = cfg.storage if cfg else None
+        return StackOutputs(
+            stack=stack,
+            provider=self.name,
+            access=HostAccess(address=out.get("ipv4", ""), host_key=pinned or bootstrap, client_key=client_key),
+            ipv4=out.get("ipv4", ""),
+            ipv6=out.get("ipv6", ""),
+            server_id=str(out.get("server_id", "")),
+            server_type=out.get("server_type", ""),
+            storage=storage,
+            extra={k: v for k, v in out.items() if k not in ("ipv4", "ipv6", "server_id", "server_type")},
+        )
+
+    def _client_key_file(self, stack: str, private_key: str) -> Path:
+        path = paths.state_dir() / "keys" / stack / "id_ed25519"
+        if not path.exists() or path.read_text() != private_key:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            paths.write_private(path, private_key)
+        return path
+
+    def stacks(self) -> list[StackSummary]:
+        found = []
+        for name in self.engine.stack_names():
+            try:
+                out = self.engine.outputs(name)
+            except ProvisionError:
+                continue
+            created = out.get("created") or 0
+            found.append(
+                StackSummary(
+                    stack=name,
+                    provider=self.name,
+                    software=out.get("software", ""),
+                    size=out.get("size", ""),
+                    domain=out.get("domain", ""),
+                    created=_iso(created),
+                    ephemeral=bool(out.get("ephemeral")),
+                    expires=_iso(out.get("expires") or 0) if out.get("ephemeral") else "",
+                    production=bool(out.get("production")),
+                )
+            )
+        return found
+
+    def pin_host_key(self, stack: str, host_key: str) -> None:
+        self.engine.write_config(stack, "host_key", host_key.strip(), secret=False)
+
+
+def _iso(epoch: int | float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch))) if epoch else ""
+
+
+def provider(**options: Any) -> HetznerProvider:
+    return HetznerProvider(**options)

@@ -1,0 +1,149 @@
+"""The Hetzner provider driven by the test engine (the real stack program under Pulumi's mocks)."""
+
+from __future__ import annotations
+
+import stat
+
+import httpx
+import pytest
+
+from provision.errors import ProvisionError
+from provision.offline import OfflineEngine
+from provision.providers.hetzner import HetznerProvider, dns_records, find_zone, zone_candidates
+from provision.sizing import sizing
+from tests.stack_fixtures import bundle_of, isolate, spec_of
+
+
+@pytest.fixture
+def hetzner(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+    return HetznerProvider(engine=OfflineEngine())
+
+
+def _up(provider, **flags):
+    spec = spec_of(**flags)
+    lines: list[str] = []
+    provider.secrets(spec)
+    out = provider.up(spec, sizing(spec), bundle_of(), lines.append)
+    return spec, out, lines
+
+
+def test_secrets_are_generated_once_and_kept(hetzner):
+    spec = spec_of()
+    first = hetzner.secrets(spec)
+    assert hetzner.secrets(spec) == first
+    assert {"db_password", "ssh_client_key", "ssh_client_key_pub"} <= set(first)
+
+
+def test_plan_stores_nothing(hetzner):
+    spec = spec_of()
+    hetzner.plan(spec, sizing(spec), bundle_of())
+    assert hetzner.engine.stack_names() == []
+
+
+def test_up_returns_how_to_reach_the_server(hetzner):
+    spec, out, lines = _up(hetzner)
+    assert out.provider == "hetzner" and out.stack == "social-example-org"
+    assert out.access.address == out.ipv4 and out.ipv4.startswith("203.0.113.")
+    assert out.access.host_key.startswith("ssh-ed25519 ")  # the bootstrap key until the playbook rotates it
+    assert stat.S_IMODE(out.access.client_key.stat().st_mode) == 0o600
+    assert out.extra["volume_device"].startswith("/dev/disk/by-id/scsi-0HC_Volume_")
+    assert out.storage.media_bucket != out.storage.backups_bucket
+    assert any("Server server created" in line for line in lines)
+
+
+def test_a_second_up_changes_nothing(hetzner):
+    spec, first, _ = _up(hetzner)
+    plan = hetzner.plan(spec, sizing(spec), bundle_of())
+    assert {r.action for r in plan.resources} == {"same"}
+    _, second, lines = _up(hetzner)
+    assert lines == [] and second == first
+
+
+def test_pinned_host_key_replaces_the_bootstrap_key(hetzner):
+    spec, out, _ = _up(hetzner)
+    hetzner.pin_host_key(out.stack, "ssh-ed25519 AAAAnew rotated\n")
+    assert hetzner.outputs(out.stack).access.host_key == "ssh-ed25519 AAAAnew rotated"
+
+
+def test_resize_changes_the_type_in_place_and_never_shrinks_the_volume(hetzner):
+    spec, _, _ = _up(hetzner, size="medium")
+    lines: list[str] = []
+    small = spec_of(size="small")
+    out = hetzner.resize(small, sizing(spec), sizing(small), lines.append)
+    assert out.server_type == "cx33"
+    assert out.extra["volume_gb"] == 100  # medium's volume stays
+    assert any("powers the server off" in line for line in lines)
+    assert any("volumes never shrink" in line for line in lines)
+    resources = hetzner.engine.resources(out.stack)
+    assert resources["hcloud:index/server:Server::server"]["keepDisk"] is True
+
+
+def test_down_refuses_a_protected_production_stack(hetzner):
+    _, out, _ = _up(hetzner)
+    with pytest.raises(ProvisionError, match="delete protection on"):
+        hetzner.down(out.stack, lambda _l: None)
+    assert hetzner.engine.stack_names() == [out.stack]
+
+
+def test_down_with_unprotect_lifts_protection_then_destroys_and_keeps_backups(hetzner):
+    _, out, _ = _up(hetzner)
+    lines: list[str] = []
+    hetzner.down(out.stack, lines.append, unprotect=True)
+    assert "lifting delete protection" in lines
+    assert any("keeping the backups bucket" in line for line in lines)
+    assert hetzner.engine.stack_names() == []
+    assert not out.access.client_key.exists()
+
+
+def test_down_with_purge_backups_lets_the_bucket_go(hetzner):
+    _, out, _ = _up(hetzner, production=False)
+    seen = {}
+    original = hetzner.engine.up
+
+    def spy(cfg, progress):
+        seen["cfg"] = cfg
+        return original(cfg, progress)
+
+    hetzner.engine.up = spy
+    hetzner.down(out.stack, lambda _l: None, purge_backups=True)
+    assert seen["cfg"].purge_backups is True
+    assert hetzner.engine.stack_names() == []
+
+
+def test_stacks_lists_software_size_domain_and_age(hetzner):
+    _up(hetzner)
+    _up(hetzner, domain="eph.example.net", ephemeral=True, ttl_hours=2, software="mastodon", size="tiny")
+    found = {s.stack: s for s in hetzner.stacks()}
+    assert set(found) == {"social-example-org", "eph-example-net"}
+    assert found["social-example-org"].production and not found["social-example-org"].ephemeral
+    eph = found["eph-example-net"]
+    assert (eph.software, eph.size, eph.ephemeral, eph.production) == ("mastodon", "tiny", True, False)
+    assert eph.created.endswith("Z") and eph.expires > eph.created
+
+
+def test_zone_lookup_against_the_api_shape():
+    asked = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["name"])
+        assert request.headers["Authorization"] == "Bearer t0k"
+        zones = [{"name": "example.org", "id": 7}] if request.url.params["name"] == "example.org" else []
+        return httpx.Response(200, json={"zones": zones})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    assert find_zone("a.social.example.org", "t0k", base_url="http://api", client=client) == "example.org"
+    assert asked == ["a.social.example.org", "social.example.org", "example.org"]
+    assert zone_candidates("example.org") == ["example.org"]
+
+
+def test_zone_lookup_reports_a_refused_token():
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(401, json={})))
+    with pytest.raises(ProvisionError, match="refused the token"):
+        find_zone("social.example.org", "bad", base_url="http://api", client=client)
+
+
+def test_records_to_create_by_hand_when_the_zone_is_elsewhere():
+    records = dns_records({"ipv4": "203.0.113.9", "ipv6": "2001:db8::1"}, "social.example.org", "a@example.org")
+    assert ("social.example.org", "A", "203.0.113.9") in records
+    assert ("social.example.org", "CAA", '0 issue "letsencrypt.org"') in records
