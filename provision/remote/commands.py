@@ -1,0 +1,194 @@
+"""Every command the remote step runs, built as data (argv lists) by pure functions.
+
+Nothing here connects anywhere: :mod:`provision.remote.session` runs these lists over SSH
+(quoted with ``shlex.join``) and the tests compare them as values. No secret is ever an argument:
+secrets travel inside uploaded 0600 files only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from provision.errors import UsageError
+from provision.model import HostAccess
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on the server (DESIGN.md: "On the server"). Tests point ``root`` elsewhere."""
+
+    root: str = "/opt/fedi"  # bundle, ansible, runtime.yml and the rotated host key live here
+    app_dir: str = "/opt/fedi/app"  # the compose project directory
+    ansible_playbook: str = "ansible-playbook"  # the program; Debian's ansible-core on the server
+
+    @property
+    def bundle_dir(self) -> str:
+        return f"{self.root}/bundle"
+
+    @property
+    def ansible_dir(self) -> str:
+        return f"{self.root}/ansible"
+
+    @property
+    def runtime_file(self) -> str:
+        return f"{self.root}/runtime.yml"
+
+    @property
+    def host_key_file(self) -> str:
+        return f"{self.root}/host_key.pub"  # written by the playbook's host-key rotation
+
+
+# Environment for the playbook run: plain, uncoloured, unbuffered lines we can parse as they come.
+ANSIBLE_ENV = (
+    "ANSIBLE_NOCOLOR=1",
+    "ANSIBLE_FORCE_COLOR=0",
+    "ANSIBLE_RETRY_FILES_ENABLED=0",
+    "ANSIBLE_STDOUT_CALLBACK=default",
+    "PYTHONUNBUFFERED=1",
+)
+
+
+def privileged(argv: list[str], user: str) -> list[str]:
+    """Run as root: through passwordless, non-interactive sudo unless we already are root."""
+    return list(argv) if user == "root" else ["sudo", "-n", "--", *argv]
+
+
+def ansible_argv(layout: Layout, user: str) -> list[str]:
+    """The one playbook run: on the server, as root, against itself; variables only from files."""
+    return privileged(
+        [
+            "env",
+            *ANSIBLE_ENV,
+            layout.ansible_playbook,
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            f"{layout.ansible_dir}/site.yml",
+            "-e",
+            f"@{layout.bundle_dir}/ansible-vars.yml",
+            "-e",
+            f"@{layout.runtime_file}",
+        ],
+        user,
+    )
+
+
+def staging_argv() -> list[str]:
+    """A fresh private (0700) directory owned by the login user, for the SFTP upload."""
+    return ["mktemp", "-d", "/tmp/fedi-upload.XXXXXXXX"]
+
+
+def install_argvs(layout: Layout, staging: str, user: str) -> list[list[str]]:
+    """Move the uploaded trees into place as root: replace each tree whole, never merge into an old one."""
+    cmds: list[list[str]] = [["mkdir", "-p", layout.root], ["chmod", "0755", layout.root]]
+    for name, dest in (("bundle", layout.bundle_dir), ("ansible", layout.ansible_dir)):
+        new = f"{dest}.new"
+        cmds += [
+            ["rm", "-rf", new],
+            ["mv", f"{staging}/{name}", new],
+            ["chown", "-R", "root:root", new],
+            ["rm", "-rf", dest],
+            ["mv", new, dest],
+        ]
+    cmds += [
+        ["install", "-m", "0600", "-o", "root", "-g", "root", f"{staging}/runtime.yml", layout.runtime_file],
+    ]
+    return [privileged(c, user) for c in cmds]
+
+
+def cleanup_argv(staging: str, user: str) -> list[str]:
+    if not staging.startswith("/tmp/fedi-upload."):  # never remove anything but our own staging dir
+        raise ValueError(f"not a staging directory: {staging}")
+    return privileged(["rm", "-rf", "--", staging], user)
+
+
+def read_host_key_argv(layout: Layout, user: str) -> list[str]:
+    return privileged(["cat", "--", layout.host_key_file], user)
+
+
+def known_hosts_line(access: HostAccess) -> str:
+    """The pinned key in known_hosts form, for the system ssh client (`fedi ssh`)."""
+    fields = access.host_key.split()
+    if len(fields) < 2:
+        raise ValueError("no pinned host key")
+    name = access.address if access.port == 22 else f"[{access.address}]:{access.port}"
+    return f"{name} {fields[0]} {fields[1]}\n"
+
+
+def ssh_argv(access: HostAccess, known_hosts: str, command: list[str] | None = None) -> list[str]:
+    """The system ssh client with only the pinned key trusted; host-key checking strict, never relaxed."""
+    if access.client_key is None:
+        raise ValueError("no client key")
+    argv = [
+        "ssh",
+        "-i",
+        str(access.client_key),
+        "-p",
+        str(access.port),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "UpdateHostKeys=no",
+        "-o",
+        f"HostKeyAlgorithms={access.host_key.split()[0]}",
+    ]
+    if command:
+        argv += ["-o", "BatchMode=yes"]
+    argv += ["-l", access.user, "--", access.address]
+    if command:
+        import shlex
+
+        argv.append(shlex.join(command))
+    if access.netns:  # the local provider's host lives in its own network namespace
+        argv = ["nsenter", f"--net={access.netns}", "--", *argv]
+    return argv
+
+
+# Services that run natively on the host (systemd units); everything else is a compose service.
+NATIVE_UNITS = {
+    "postgresql": ["postgresql@17-main.service"],
+    "valkey": ["valkey-server.service"],
+    "caddy": ["caddy.service"],
+    "fedi-backup": ["fedi-backup.service", "fedi-backup-check.service"],
+    "fedi-cleanup": ["fedi-cleanup.service"],
+    "docker": ["docker.service"],
+    "ssh": ["ssh.service"],
+    "fail2ban": ["fail2ban.service"],
+    "nftables": ["nftables.service"],
+    "rabbitmq": ["rabbitmq-server.service"],
+}
+
+_SERVICE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def logs_argv(service: str | None, *, follow: bool, lines: int, layout: Layout, user: str) -> list[str]:
+    """`fedi logs [service]`: journalctl for native services, docker compose logs for the app's containers."""
+    if service is not None and not _SERVICE.fullmatch(service):
+        raise UsageError(f"service: {service!r} is not a service name (e.g. web, postgresql, caddy)")
+    if lines < 0:
+        raise UsageError(f"lines: {lines} must be 0 or more")
+    if service in NATIVE_UNITS:
+        argv = ["journalctl", "--no-pager", "-n", str(lines)]
+        for unit in NATIVE_UNITS[service]:
+            argv += ["-u", unit]
+        if follow:
+            argv.append("-f")
+        return privileged(argv, user)
+    compose_file = str(PurePosixPath(layout.app_dir) / "compose.yaml")
+    argv = ["docker", "compose", "-f", compose_file, "logs", "--no-color", "--tail", str(lines)]
+    if follow:
+        argv.append("--follow")
+    if service:
+        argv.append(service)
+    return privileged(argv, user)

@@ -1,0 +1,156 @@
+"""Configure a server: upload the bundle and the playbook, run ansible-playbook on it, pin its new host key.
+
+One pinned SSH connection does it all. Output streams to ``progress`` as short status lines (task
+name and ok/changed/failed) and in full to a 0600 log under the state directory, with every secret
+value from the bundle replaced by ``********`` before it is written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from provision import paths, resources
+from provision.errors import RemoteError
+from provision.model import Bundle, HostAccess
+from provision.remote import commands
+from provision.remote.ansible_output import AnsibleOutput
+from provision.remote.session import connect, parse_host_key, wait_for_ssh
+from provision.remote.upload import put_private, put_tree
+
+Progress = Callable[[str], None]
+_SECRET_KEY = re.compile(r"password|secret|passphrase|token|private|_key$|^key$|access_key", re.I)
+
+
+@dataclass(frozen=True)
+class ConfigureResult:
+    host_key: str  # the server's new host key (rotated by the playbook): pin it, the next connection needs it
+    changed: int  # tasks that changed something (PLAY RECAP); 0 on a converged server
+    failed: int  # failed or unreachable tasks (0 when configure returns)
+    log_path: Path  # the full, secret-free log of the run (0600)
+
+
+def secret_values(bundle: Bundle) -> set[str]:
+    """Every secret value the bundle hands to the server, to keep it out of logs and messages."""
+    values: set[str] = set()
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and _SECRET_KEY.search(key) and len(node) >= 8:
+            values.add(node)
+
+    vars_file = bundle.root / "ansible-vars.yml"
+    if vars_file.is_file():
+        import yaml  # PyYAML comes with pulumi and ansible-core
+
+        walk(yaml.safe_load(vars_file.read_text()))
+    env_file = bundle.root / "backup" / "restic.env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                walk(value.strip().strip("'\""), key.strip())
+    return values
+
+
+class Redactor:
+    def __init__(self, secrets: set[str]):
+        self._secrets = sorted(secrets, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+
+def _open_log(log_dir: Path | None, address: str) -> tuple[Path, int]:
+    directory = log_dir or paths.state_dir() / "logs"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = directory / f"configure-{re.sub(r'[^A-Za-z0-9.-]', '_', address)}-{stamp}.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return path, fd
+
+
+def failure_message(out: AnsibleOutput, rc: int, address: str, log_path: Path) -> str | None:
+    """The one line for a failed run, or None if the run succeeded."""
+    if out.failures:
+        f = out.failures[0]
+        detail = f": {f.message}" if f.message else ""
+        return f"ansible task '{f.task}' failed on {address} (host {f.host}){detail}; full log: {log_path}"
+    if rc != 0 or out.failed:
+        why = out.errors[0] if out.errors else f"exit code {rc}"
+        return f"ansible-playbook failed on {address}: {why}; full log: {log_path}"
+    return None
+
+
+def configure(
+    access: HostAccess,
+    bundle: Bundle,
+    runtime: dict[str, Any],
+    progress: Progress,
+    *,
+    layout: commands.Layout | None = None,
+    log_dir: Path | None = None,
+    ansible_dir: Path | None = None,
+    timeout: float = 3600,
+    verify_rotation: bool = True,
+) -> ConfigureResult:
+    """Upload, run the playbook as root, read and verify the rotated host key."""
+    layout = layout or commands.Layout()
+    redact = Redactor(secret_values(bundle) | {str(v) for k, v in runtime.items() if _SECRET_KEY.search(k)})
+    runtime_text = json.dumps(runtime, indent=2, sort_keys=True) + "\n"  # JSON is YAML: -e @runtime.yml reads it
+    log_path, log_fd = _open_log(log_dir, access.address)
+    out = AnsibleOutput()
+
+    def on_line(line: str) -> None:
+        line = redact(line)
+        os.write(log_fd, (line + "\n").encode())
+        shown = out.feed(line)
+        if shown:
+            progress(shown)
+
+    try:
+        with connect(access) as session:
+            staging = session.check(commands.staging_argv()).strip()
+            try:
+                files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")
+                files += put_tree(session.sftp, ansible_dir or resources.ansible_dir(), f"{staging}/ansible")
+                put_private(session.sftp, f"{staging}/runtime.yml", runtime_text.encode())
+                progress(f"uploaded the bundle and the playbook to {access.address} ({files} files)")
+                for argv in commands.install_argvs(layout, staging, access.user):
+                    session.check(argv)
+            finally:
+                session.run(commands.cleanup_argv(staging, access.user))
+            progress(f"running the playbook on {access.address}")
+            rc = session.stream(commands.ansible_argv(layout, access.user), on_line, timeout=timeout)
+            message = failure_message(out, rc, access.address, log_path)
+            if message:
+                raise RemoteError(redact(message))
+            krc, key_out, _ = session.run(commands.read_host_key_argv(layout, access.user))
+    finally:
+        os.close(log_fd)
+    host_key = " ".join(key_out.split()[:2]) if krc == 0 else ""
+    if not host_key:
+        raise RemoteError(
+            f"the playbook did not write {layout.host_key_file} on {access.address}: the one-time bootstrap "
+            f"host key was not rotated; full log: {log_path}"
+        )
+    parse_host_key(host_key)
+    progress(f"playbook done on {access.address}: changed={out.changed} failed={out.failed}")
+    if verify_rotation and host_key != " ".join(access.host_key.split()[:2]):
+        wait_for_ssh(replace(access, host_key=host_key), timeout=60)  # the server now shows the new key
+        progress(f"{access.address} presents its new host key")
+    return ConfigureResult(host_key=host_key, changed=out.changed, failed=out.failed, log_path=log_path)

@@ -1,0 +1,249 @@
+"""The remote step's commands as values, and the reading of ansible-playbook's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provision.errors import UsageError
+from provision.model import HostAccess
+from provision.remote import commands
+from provision.remote.ansible_output import AnsibleOutput
+from provision.remote.configure import failure_message
+
+LAYOUT = commands.Layout()
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm2mOQ8WzPpY1mHAaNNIjNoKuAcIw6B3Hj0dBsRnVHx fedi-bootstrap"
+
+
+def test_ansible_argv_is_the_contract_run_through_sudo() -> None:
+    assert commands.ansible_argv(LAYOUT, "fedi") == [
+        "sudo",
+        "-n",
+        "--",
+        "env",
+        "ANSIBLE_NOCOLOR=1",
+        "ANSIBLE_FORCE_COLOR=0",
+        "ANSIBLE_RETRY_FILES_ENABLED=0",
+        "ANSIBLE_STDOUT_CALLBACK=default",
+        "PYTHONUNBUFFERED=1",
+        "ansible-playbook",
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "/opt/fedi/ansible/site.yml",
+        "-e",
+        "@/opt/fedi/bundle/ansible-vars.yml",
+        "-e",
+        "@/opt/fedi/runtime.yml",
+    ]
+
+
+def test_root_needs_no_sudo() -> None:
+    argv = commands.ansible_argv(LAYOUT, "root")
+    assert argv[0] == "env" and "sudo" not in argv
+
+
+def test_install_replaces_trees_whole_and_runtime_is_private() -> None:
+    cmds = commands.install_argvs(LAYOUT, "/tmp/fedi-upload.abc", "fedi")
+    assert all(c[:3] == ["sudo", "-n", "--"] for c in cmds)
+    plain = [c[3:] for c in cmds]
+    assert plain[:2] == [["mkdir", "-p", "/opt/fedi"], ["chmod", "0755", "/opt/fedi"]]
+    assert plain[2:7] == [
+        ["rm", "-rf", "/opt/fedi/bundle.new"],
+        ["mv", "/tmp/fedi-upload.abc/bundle", "/opt/fedi/bundle.new"],
+        ["chown", "-R", "root:root", "/opt/fedi/bundle.new"],
+        ["rm", "-rf", "/opt/fedi/bundle"],
+        ["mv", "/opt/fedi/bundle.new", "/opt/fedi/bundle"],
+    ]
+    assert plain[-1] == [
+        "install",
+        "-m",
+        "0600",
+        "-o",
+        "root",
+        "-g",
+        "root",
+        "/tmp/fedi-upload.abc/runtime.yml",
+        "/opt/fedi/runtime.yml",
+    ]
+
+
+def test_cleanup_only_ever_removes_a_staging_dir() -> None:
+    assert commands.cleanup_argv("/tmp/fedi-upload.x1", "root") == ["rm", "-rf", "--", "/tmp/fedi-upload.x1"]
+    with pytest.raises(ValueError):
+        commands.cleanup_argv("/", "root")
+
+
+def test_known_hosts_line_uses_the_port_form_off_22() -> None:
+    assert (
+        commands.known_hosts_line(HostAccess("203.0.113.5", host_key=KEY))
+        == f"203.0.113.5 {' '.join(KEY.split()[:2])}\n"
+    )
+    line = commands.known_hosts_line(HostAccess("2001:db8::1", port=2222, host_key=KEY))
+    assert line.startswith("[2001:db8::1]:2222 ssh-ed25519 AAAA")
+
+
+def test_ssh_argv_is_strict_and_pinned() -> None:
+    access = HostAccess("203.0.113.5", host_key=KEY, client_key=Path("/state/s/id_ed25519"))
+    assert commands.ssh_argv(access, "/tmp/kh") == [
+        "ssh",
+        "-i",
+        "/state/s/id_ed25519",
+        "-p",
+        "22",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "UserKnownHostsFile=/tmp/kh",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "UpdateHostKeys=no",
+        "-o",
+        "HostKeyAlgorithms=ssh-ed25519",
+        "-l",
+        "fedi",
+        "--",
+        "203.0.113.5",
+    ]
+    ns = HostAccess("127.0.0.1", host_key=KEY, client_key=Path("/k"), netns="/proc/42/ns/net")
+    argv = commands.ssh_argv(ns, "/tmp/kh", ["docker", "ps", "-a"])
+    assert argv[:4] == ["nsenter", "--net=/proc/42/ns/net", "--", "ssh"]
+    assert argv[-3:] == ["--", "127.0.0.1", "docker ps -a"]
+    assert "BatchMode=yes" in argv
+    joined = " ".join(argv)
+    assert "StrictHostKeyChecking=no" not in joined and "accept-new" not in joined
+
+
+COMPOSE = ["docker", "compose", "-f", "/opt/fedi/app/compose.yaml"]
+JOURNAL = ["journalctl", "--no-pager", "-n", "50"]
+
+
+@pytest.mark.parametrize(
+    ("service", "follow", "expected"),
+    [
+        (None, False, [*COMPOSE, "logs", "--no-color", "--tail", "50"]),
+        ("web", True, [*COMPOSE, "logs", "--no-color", "--tail", "50", "--follow", "web"]),
+        ("postgresql", False, ["journalctl", "--no-pager", "-n", "50", "-u", "postgresql@17-main.service"]),
+        ("caddy", True, ["journalctl", "--no-pager", "-n", "50", "-u", "caddy.service", "-f"]),
+        ("valkey", False, ["journalctl", "--no-pager", "-n", "50", "-u", "valkey-server.service"]),
+        ("fedi-backup", False, [*JOURNAL, "-u", "fedi-backup.service", "-u", "fedi-backup-check.service"]),
+    ],
+)  # fmt: skip
+def test_logs_argv(service: str | None, follow: bool, expected: list[str]) -> None:
+    assert commands.logs_argv(service, follow=follow, lines=50, layout=LAYOUT, user="root") == expected
+    assert commands.logs_argv(service, follow=follow, lines=50, layout=LAYOUT, user="fedi")[:3] == ["sudo", "-n", "--"]
+
+
+@pytest.mark.parametrize("bad", ["Web", "web;rm -rf /", "-f", "", "a" * 80])
+def test_logs_rejects_what_is_not_a_service_name(bad: str) -> None:
+    with pytest.raises(UsageError, match="service: "):
+        commands.logs_argv(bad, follow=False, lines=10, layout=LAYOUT, user="root")
+
+
+RUN_OK = """
+PLAY [Configure a fedi server] *************************************************
+
+TASK [Gathering Facts] *********************************************************
+ok: [localhost]
+
+TASK [base : Install packages] *************************************************
+changed: [localhost] => (item=nftables)
+changed: [localhost] => (item=fail2ban)
+
+TASK [postgres : Create the app role] ******************************************
+ok: [localhost]
+
+TASK [app : Start the containers] **********************************************
+skipping: [localhost]
+
+RUNNING HANDLER [base : Restart ssh] *******************************************
+changed: [localhost]
+
+PLAY RECAP *********************************************************************
+localhost                  : ok=4    changed=2    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0
+"""
+
+RUN_FAILED = """
+PLAY [Configure a fedi server] *************************************************
+
+TASK [base : Probe] ************************************************************
+fatal: [localhost]: FAILED! => {"changed": false, "msg": "probe failed"}
+...ignoring
+
+TASK [postgres : Create the app role] ******************************************
+fatal: [localhost]: FAILED! => {"changed": false, "msg": "unable to connect to database:\\n connection refused"}
+
+PLAY RECAP *********************************************************************
+localhost                  : ok=3    changed=0    unreachable=0    failed=1    skipped=0    rescued=0    ignored=1
+"""
+
+
+def feed(text: str) -> tuple[AnsibleOutput, list[str]]:
+    out = AnsibleOutput()
+    shown = [line for line in (out.feed(raw) for raw in text.splitlines()) if line]
+    return out, shown
+
+
+def test_progress_lines_and_recap() -> None:
+    out, shown = feed(RUN_OK)
+    assert shown == [
+        "play: Configure a fedi server",
+        "ok       Gathering Facts",
+        "changed  base : Install packages",  # one line for the loop, and no item values
+        "ok       postgres : Create the app role",
+        "skipping app : Start the containers",
+        "changed  base : Restart ssh",
+    ]
+    assert out.recap == {
+        "localhost": {
+            "ok": 4,
+            "changed": 2,
+            "unreachable": 0,
+            "failed": 0,
+            "skipped": 1,
+            "rescued": 0,
+            "ignored": 0,
+        }
+    }
+    assert (out.changed, out.failed, out.failures) == (2, 0, [])
+    assert failure_message(out, 0, "203.0.113.5", Path("/s/log")) is None
+
+
+def test_the_failed_task_is_one_line_with_task_host_and_log() -> None:
+    out, _ = feed(RUN_FAILED)
+    assert out.failed == 1
+    assert len(out.failures) == 1  # the ignored failure does not count
+    message = failure_message(out, 2, "203.0.113.5", Path("/state/logs/configure.log"))
+    assert message == (
+        "ansible task 'postgres : Create the app role' failed on 203.0.113.5 (host localhost): "
+        "unable to connect to database: connection refused; full log: /state/logs/configure.log"
+    )
+
+
+def test_an_error_before_any_task_is_reported_too() -> None:
+    out, _ = feed("[ERROR]: the playbook: /opt/fedi/ansible/site.yml could not be found\n")
+    message = failure_message(out, 1, "h", Path("/l"))
+    assert (
+        message
+        == "ansible-playbook failed on h: the playbook: /opt/fedi/ansible/site.yml could not be found; full log: /l"
+    )
+    assert (
+        failure_message(AnsibleOutput(), 4, "h", Path("/l"))
+        == "ansible-playbook failed on h: exit code 4; full log: /l"
+    )
+
+
+def test_loop_item_failures_and_unparsable_payloads() -> None:
+    out, _ = feed(
+        "TASK [x : loop] ***\n"
+        'failed: [localhost] (item=a) => {"ansible_loop_var": "item", "msg": "no such unit", "item": "a"\n'
+    )
+    assert out.failures[0].task == "x : loop"
+    assert out.failures[0].message == "no such unit"
