@@ -286,6 +286,13 @@ def emit(event_type: str, data: dict[str, Any], config: dict[str, Any], *, deliv
     return ids
 
 
+def emit_lifecycle(kind: str, *, spec: Any, outputs: Any = None, cost: Any = None) -> list[str]:
+    """The lifecycle's hook: ``kind`` is stack.created/resized/destroyed or cost.monthly; data from the spec."""
+    from provision.coop import event_data
+
+    return emit(kind, event_data(spec, outputs, cost), spec.extra or {})
+
+
 @contextlib.contextmanager
 def _outbox_lock() -> Iterator[bool]:
     """One delivering process at a time, so an event is not sent twice by two fedi commands at once."""

@@ -254,3 +254,43 @@ def test_secret_shape():
     for bad in ("abc", "whsec_", "whsec_!!!", "whsec_" + "QUJD"):
         with pytest.raises(Exception, match="webhook secret"):
             hooks.secret_key(bad)
+
+
+def test_emit_lifecycle_carries_stack_cost_and_dues(receiver, monkeypatch, tmp_path):
+    from provision.cost import monthly_cost
+    from provision.model import HostAccess, StackOutputs
+    from provision.spec import build_spec
+
+    monkeypatch.setenv("FEDI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("HCLOUD_TOKEN", raising=False)
+    cfg = {"hooks": {"urls": [receiver.url]}, "coop": {"dues": 5, "members": 200, "subsidized": 10}}
+    spec = build_spec({"software": "lemmy", "size": "small", "domain": "lemmy.example.coop"}, cfg)
+    outputs = StackOutputs(
+        "lemmy-example-coop",
+        "hetzner",
+        HostAccess("203.0.113.7", host_key="ssh-ed25519 AAAA"),
+        ipv4="203.0.113.7",
+        server_type="cx33",
+    )
+    cost = monthly_cost(spec)
+    [msg_id] = hooks.emit_lifecycle("stack.created", spec=spec, outputs=outputs, cost=cost)
+    [(got_id, payload)] = receiver.accepted
+    data = payload["data"]
+    assert got_id == msg_id and payload["type"] == "stack.created"
+    assert (data["stack"], data["size"], data["app"], data["server_type"]) == (
+        "lemmy-example-coop",
+        "small",
+        "lemmy",
+        "cx33",
+    )
+    assert data["cost"]["total_gross"] == float(round(cost.total_gross, 2))
+    assert data["cost"]["source"].startswith("table ")
+    assert data["dues"]["members"] == 200 and data["dues"]["members_to_cover"] > 0
+    assert "ssh-ed25519" not in json.dumps(payload)  # nothing about access travels
+
+    bad = build_spec(
+        {"software": "lemmy", "size": "small", "domain": "lemmy.example.coop"}, {**cfg, "coop": {"dues": 0}}
+    )
+    hooks.emit_lifecycle("stack.destroyed", spec=bad, outputs=None, cost=cost)
+    last = receiver.accepted[-1][1]["data"]
+    assert last["dues"] is None and last["dues_error"].startswith("coop/dues:")

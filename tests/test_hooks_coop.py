@@ -1,0 +1,205 @@
+"""The funding status on the instance: requests and commands as data, sent to a loopback stand-in.
+
+The stand-ins answer with the shapes of Lemmy 0.19's and mbin's APIs as their source defines them
+(LoginResponse.jwt, GetSiteResponse.site_view.site.sidebar, EditSite.sidebar; SiteResponseDto, PageDto);
+they are not the apps themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+from datetime import date
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from provision import coop
+from provision.cost import CostBreakdown, CostLine, Price
+from provision.dues import compute_dues, parse_coop
+from provision.errors import HookError, MissingPrerequisite
+
+PASSWORD = "admin-password-for-the-test"
+JWT = "jwt-for-the-test"
+
+
+def report():
+    price = Price(Decimal("10"), Decimal("11.90"))
+    cost = CostBreakdown((CostLine("server", Decimal(1), "month", price, price),), "EUR", "table 2026-05-27")
+    return compute_dues(parse_coop({"dues": 5, "period": "year", "members": 40, "subsidized": 2}), cost)
+
+
+class App:
+    """A loopback HTTP server with Lemmy's or mbin's endpoints for the sidebar / about page."""
+
+    def __init__(self, kind: str, page: str = "", token: str = JWT):
+        self.kind, self.page, self.token, self.calls = kind, page, token, []
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, code, body=None):
+                payload = json.dumps(body or {}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _body(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(length)) if length else None
+
+            def _authorized(self):
+                return self.headers.get("Authorization") == f"Bearer {app.token}"
+
+            def do_POST(self):  # noqa: N802
+                body = self._body()
+                app.calls.append(("POST", self.path, body))
+                if app.kind == "lemmy" and self.path == "/api/v3/user/login":
+                    ok = body == {"username_or_email": "admin", "password": PASSWORD}
+                    return self._reply(200 if ok else 400, {"jwt": JWT} if ok else {"error": "incorrect_login"})
+                self._reply(404)
+
+            def do_GET(self):  # noqa: N802
+                app.calls.append(("GET", self.path, None))
+                if not self._authorized():
+                    return self._reply(401)
+                if app.kind == "lemmy" and self.path == "/api/v3/site":
+                    return self._reply(200, {"site_view": {"site": {"name": "l", "sidebar": app.page}}, "admins": []})
+                if app.kind == "mbin" and self.path == "/api/instance":
+                    return self._reply(
+                        200, {"about": app.page, "contact": None, "faq": None, "terms": None, "privacyPolicy": None}
+                    )
+                self._reply(404)
+
+            def do_PUT(self):  # noqa: N802
+                body = self._body()
+                app.calls.append(("PUT", self.path, body))
+                if not self._authorized():
+                    return self._reply(401)
+                if app.kind == "lemmy" and self.path == "/api/v3/site" and set(body) == {"sidebar"}:
+                    app.page = body["sidebar"]
+                    return self._reply(200, {"site_view": {"site": {"sidebar": app.page}}})
+                if app.kind == "mbin" and self.path == "/api/instance/about" and set(body) == {"body"}:
+                    app.page = body["body"]
+                    return self._reply(200, {"about": app.page})
+                self._reply(400)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lemmy():
+    app = App("lemmy", page="Welcome! Be excellent to each other.")
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def mbin():
+    app = App("mbin", page="About us.")
+    yield app
+    app.stop()
+
+
+def test_funding_text():
+    text = coop.funding_text(report(), date(2026, 11, 1))
+    assert text.startswith("**Funding, November 2026**") and text.endswith(coop.MARKER)
+    assert "paying members cover it" in text
+    plain = coop.funding_text(report(), date(2026, 11, 1), markdown=False)
+    assert plain.startswith("Funding, November 2026\n") and "**" not in plain
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", f"{coop.START}\nNEW\n{coop.END}"),
+        ("Rules.", f"Rules.\n\n{coop.START}\nNEW\n{coop.END}"),
+        (f"Rules.\n\n{coop.START}\nOLD\n{coop.END}\n\nMore.", f"Rules.\n\n{coop.START}\nNEW\n{coop.END}\n\nMore."),
+    ],
+)
+def test_replace_section(before, after):
+    assert coop.replace_section(before, "NEW") == after
+
+
+def test_lemmy_sidebar_is_updated_in_place(lemmy):
+    text = coop.funding_text(report(), date(2026, 11, 1))
+    assert "sidebar" in coop.post_lemmy(lemmy.url, "admin", PASSWORD, text)
+    assert lemmy.page.startswith("Welcome! Be excellent to each other.\n\n" + coop.START)
+    assert text in lemmy.page
+    # next month: the section is replaced, not added again
+    coop.post_lemmy(lemmy.url, "admin", PASSWORD, coop.funding_text(report(), date(2026, 12, 1)))
+    assert lemmy.page.count(coop.START) == 1 and "December 2026" in lemmy.page and "November" not in lemmy.page
+    methods = [(m, p) for m, p, _ in lemmy.calls]
+    assert methods[:3] == [("POST", "/api/v3/user/login"), ("GET", "/api/v3/site"), ("PUT", "/api/v3/site")]
+    # the password goes in the login body only
+    assert all(PASSWORD not in json.dumps(body) for m, _, body in lemmy.calls if m != "POST")
+
+
+def test_lemmy_wrong_password_is_one_line(lemmy):
+    with pytest.raises(HookError, match=r"POST /api/v3/user/login: HTTP 400"):
+        coop.post_lemmy(lemmy.url, "admin", "wrong", "text")
+    assert lemmy.page == "Welcome! Be excellent to each other."
+
+
+def test_mbin_about_page(mbin, monkeypatch):
+    monkeypatch.setenv(coop.MBIN_TOKEN_ENV, JWT)
+    coop.post_mbin(mbin.url, coop.funding_text(report(), date(2026, 11, 1)))
+    assert mbin.page.startswith("About us.\n\n" + coop.START) and coop.MARKER in mbin.page
+    assert [(m, p) for m, p, _ in mbin.calls] == [("GET", "/api/instance"), ("PUT", "/api/instance/about")]
+
+
+def test_mbin_needs_a_token(mbin, monkeypatch):
+    monkeypatch.delenv(coop.MBIN_TOKEN_ENV, raising=False)
+    with pytest.raises(MissingPrerequisite, match="FEDI_MBIN_TOKEN"):
+        coop.post_mbin(mbin.url, "text")
+    with pytest.raises(HookError, match="GET /api/instance: HTTP 401"):
+        coop.post_mbin(mbin.url, "text", token="wrong")
+    assert mbin.page == "About us."
+
+
+def test_unreachable_instance_is_one_line():
+    app = App("lemmy")
+    url = app.url
+    app.stop()
+    with pytest.raises(HookError, match="ConnectError"):
+        coop.post_lemmy(url, "admin", PASSWORD, "text")
+
+
+def test_mastodon_command_as_data():
+    text = coop.funding_text(report(), date(2026, 11, 1), markdown=False) + '\nIt\'s "quoted"; $(not run)'
+    argv = coop.mastodon_argv(text)
+    assert argv[:12] == [
+        "sudo",
+        "-n",
+        "--",
+        "docker",
+        "compose",
+        "--project-directory",
+        "/opt/fedi/app",
+        "-p",
+        "fedi",
+        "exec",
+        "-T",
+        "-e",
+    ]
+    assert argv[12] == f"FEDI_FUNDING={text}"
+    assert argv[13:15] == ["-e", f"FEDI_FUNDING_MARKER={coop.MARKER}"]
+    assert argv[15:18] == ["web", "bin/rails", "runner"]
+    ruby = argv[18]
+    # the text reaches Rails only through the environment, never inside the Ruby source
+    assert "Funding" not in ruby and "ENV.fetch('FEDI_FUNDING')" in ruby
+    assert "Announcement.create!" in ruby and "PublishScheduledAnnouncementWorker" in ruby
+    # over SSH the argv is joined with shlex.join: the remote shell gets the text back intact
+    assert shlex.split(shlex.join(argv)) == argv
