@@ -1,0 +1,1 @@
+"""Helpers of the bundle renderer (provision/bundle.py): the Jinja context and derived values."""
