@@ -127,7 +127,8 @@ def _register_commands() -> None:
         mod.register(app)
 
 
-_register_commands()
+if __name__ != "__main__":  # `python -m provision.cli` registers on the importable copy (see the end)
+    _register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,4 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module: command modules import provision.cli and register on its app.
+    from provision.cli import main as _main
+
+    sys.exit(_main())

@@ -43,9 +43,8 @@ def plugin_versions() -> dict[str, str]:
 
 
 def default_backend() -> str:
-    path = paths.state_dir() / "pulumi"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path.as_uri()
+    """file://<state>/pulumi; the directory is made when the engine first runs, not before."""
+    return (paths.state_dir() / "pulumi").as_uri()
 
 
 def validate_backend(url: str | None) -> str:
@@ -188,6 +187,8 @@ class PulumiEngine:
         cli = find_pulumi()
         if cli is None:
             raise MissingPrerequisite(f"the Pulumi CLI is not installed: {INSTALL_HINT}")
+        if self.backend.startswith("file://"):
+            Path(self.backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True, mode=0o700)
         work = paths.state_dir() / "pulumi-work"
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         return auto.LocalWorkspaceOptions(

@@ -168,13 +168,20 @@ def up(
     return Result(outputs.stack, outputs, cost, report, configured, elapsed_s=time.monotonic() - started)
 
 
-def status(stack: str, provider: Provider, spec: InstanceSpec | None = None, steps: Steps = Steps()) -> Result:
+def status(
+    stack: str,
+    provider: Provider,
+    spec: InstanceSpec | None = None,
+    steps: Steps = Steps(),
+    *,
+    check_health: bool = True,
+) -> Result:
     outputs = provider.outputs(stack)
     spec = spec or spec_of_outputs(outputs)
     cost = steps.cost(spec, sizing(spec)) if spec else None
     report = None
     notes: tuple[str, ...] = ()
-    if spec is not None:
+    if spec is not None and check_health:
         try:
             from provision import health
 
