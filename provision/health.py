@@ -1,0 +1,276 @@
+"""Is the instance up? HTTPS with a valid certificate, HTTP -> HTTPS, nodeinfo, the app's API, webfinger.
+
+Certificates are always verified: against the system CAs, or against a given CA bundle (Caddy's
+internal root for local stacks). Verification is never turned off. A ``Target`` may name the address to connect
+to (a local stack with no DNS): the domain is still the TLS server name (SNI and certificate check)
+and the Host header, so the checks see exactly what a visitor would.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from provision.errors import HealthError
+
+# nodeinfo software.name of each app (mbin: src/Factory/ActivityPub/NodeInfoFactory.php says "mbin")
+SOFTWARE = {"mastodon": "mastodon", "lemmy": "lemmy", "mbin": "mbin"}
+NODEINFO_SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/"
+
+
+@dataclass(frozen=True)
+class Target:
+    domain: str  # the instance's hostname: SNI, certificate name and Host header
+    app: str  # mastodon | lemmy | mbin
+    admin_username: str = "admin"  # webfinger acct:<admin_username>@<domain>
+    address: str | None = None  # connect here instead of resolving the domain (local stacks)
+    https_port: int = 443
+    http_port: int = 80
+    ca_bundle: Path | None = None  # PEM roots to trust instead of the system's (Caddy's internal CA)
+    netns: str | None = None  # run the checks from inside this network namespace (/proc/<pid>/ns/net)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # https | http-redirect | nodeinfo | api | webfinger
+    ok: bool
+    detail: str  # what was seen, one line
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    target: Target
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def line(self) -> str:
+        if self.ok:
+            return f"https://{self.target.domain} is healthy"
+        return "; ".join(f"{c.name}: {c.detail}" for c in self.failed)
+
+
+class _Fail(Exception):
+    """One check's failure, with its one-line reason."""
+
+
+class _Probe:
+    def __init__(self, target: Target, timeout: float):
+        import httpx
+
+        self.target = target
+        self.timeout = timeout
+        cafile = str(target.ca_bundle) if target.ca_bundle else None
+        context = ssl.create_default_context(cafile=cafile)  # system roots unless a bundle is given
+        self.client = httpx.Client(verify=context, timeout=timeout, follow_redirects=False, trust_env=False)
+
+    def get(self, path: str, *, scheme: str = "https") -> Any:
+        import httpx
+
+        t = self.target
+        port = t.https_port if scheme == "https" else t.http_port
+        default = 443 if scheme == "https" else 80
+        url = httpx.URL(scheme=scheme, host=t.address or t.domain, port=port, raw_path=path.encode())
+        headers = {
+            "Host": t.domain if port == default else f"{t.domain}:{port}",
+            "Accept": "application/json, application/jrd+json;q=0.9, */*;q=0.1",
+            "User-Agent": "fedi-health/1",
+        }
+        extensions = {"sni_hostname": t.domain} if scheme == "https" else {}
+        try:
+            return self.client.get(url, headers=headers, extensions=extensions)
+        except httpx.TimeoutException:
+            raise _Fail(f"no answer within {self.timeout:g}s ({scheme}://{t.domain}{path})") from None
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
+                raise _Fail(f"certificate not valid for {t.domain}: {_ssl_reason(reason)}") from None
+            raise _Fail(f"cannot connect to {scheme}://{t.domain}{path}: {reason}") from None
+
+    def json(self, path: str) -> Any:
+        response = self.get(path)
+        if response.status_code != 200:
+            raise _Fail(f"{path} answered {response.status_code}")
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise _Fail(f"{path} did not answer JSON") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ssl_reason(text: str) -> str:
+    marker = "certificate verify failed:"
+    if marker in text:
+        return text.split(marker, 1)[1].split("(_ssl")[0].strip()
+    return text
+
+
+def _https(p: _Probe) -> str:
+    response = p.get("/")
+    if response.status_code >= 400:
+        raise _Fail(f"/ answered {response.status_code} over HTTPS")
+    return f"HTTPS {response.status_code}, certificate valid for {p.target.domain}"
+
+
+def _redirect(p: _Probe) -> str:
+    response = p.get("/", scheme="http")
+    location = response.headers.get("location", "")
+    if response.status_code not in (301, 302, 307, 308):
+        raise _Fail(f"http:// answered {response.status_code} instead of redirecting to https://")
+    if not location.startswith(f"https://{p.target.domain}"):
+        raise _Fail(f"http:// redirects to {location!r}, not to https://{p.target.domain}")
+    return f"{response.status_code} -> {location}"
+
+
+def _nodeinfo(p: _Probe) -> str:
+    index = p.json("/.well-known/nodeinfo")
+    links = [
+        link
+        for link in (index.get("links", []) if isinstance(index, dict) else [])
+        if isinstance(link, dict) and str(link.get("rel", "")).startswith(NODEINFO_SCHEMA)
+    ]
+    if not links:
+        raise _Fail("/.well-known/nodeinfo lists no nodeinfo schema link")
+    href = str(max(links, key=lambda link: str(link["rel"]))["href"])
+    parts = urlsplit(href)
+    if parts.scheme != "https" or parts.hostname != p.target.domain:
+        raise _Fail(f"nodeinfo links to {href!r}, not to https://{p.target.domain}")
+    doc = p.json(parts.path + (f"?{parts.query}" if parts.query else ""))
+    software = doc.get("software", {}) if isinstance(doc, dict) else {}
+    name, expected = software.get("name"), SOFTWARE[p.target.app]
+    if name != expected:
+        raise _Fail(f"nodeinfo says the software is {name!r}, expected {expected!r}")
+    return f"{name} {software.get('version', '?')}"
+
+
+def _api(p: _Probe) -> str:
+    app, domain = p.target.app, p.target.domain
+    if app == "mastodon":
+        data = p.json("/api/v2/instance")
+        if not isinstance(data, dict) or data.get("domain") != domain:
+            raise _Fail(f"/api/v2/instance names domain {_get(data, 'domain')!r}, not {domain!r}")
+        return f"/api/v2/instance: Mastodon {data.get('version', '?')}"
+    if app == "lemmy":
+        data = p.json("/api/v3/site")  # Lemmy 0.19's API (v4 is Lemmy 1.0's)
+        site = _get(_get(data, "site_view"), "site")
+        actor = str(_get(site, "actor_id") or "")
+        if not data.get("version") or urlsplit(actor).hostname != domain:
+            raise _Fail(f"/api/v3/site does not describe {domain} (actor_id {actor!r})")
+        return f"/api/v3/site: Lemmy {data['version']}"
+    if app == "mbin":
+        data = p.json("/api/info")
+        if _get(data, "websiteDomain") != domain:
+            raise _Fail(f"/api/info names domain {_get(data, 'websiteDomain')!r}, not {domain!r}")
+        return f"/api/info: {data.get('softwareName', 'mbin')} {data.get('softwareVersion', '?')}"
+    raise ValueError(f"unknown app {app!r}")
+
+
+def _webfinger(p: _Probe) -> str:
+    acct = f"acct:{p.target.admin_username}@{p.target.domain}"
+    data = p.json(f"/.well-known/webfinger?resource={quote(acct, safe=':@')}")
+    if str(_get(data, "subject") or "").lower() != acct.lower():
+        raise _Fail(f"webfinger for {acct} answered subject {_get(data, 'subject')!r}")
+    selves = [
+        link
+        for link in (data.get("links") or [])
+        if isinstance(link, dict) and link.get("rel") == "self" and "activity+json" in str(link.get("type", ""))
+    ]
+    if not selves:
+        raise _Fail(f"webfinger for {acct} has no ActivityPub self link")
+    return f"{acct} -> {selves[0].get('href')}"
+
+
+def _get(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+CHECKS: tuple[tuple[str, Callable[[_Probe], str]], ...] = (
+    ("https", _https),
+    ("http-redirect", _redirect),
+    ("nodeinfo", _nodeinfo),
+    ("api", _api),
+    ("webfinger", _webfinger),
+)
+
+
+def check(target: Target, *, timeout: float = 10) -> HealthReport:
+    """Run every check once; each request is bounded by ``timeout`` seconds."""
+    if target.app not in SOFTWARE:
+        raise ValueError(f"unknown app {target.app!r}")
+
+    def run() -> HealthReport:
+        probe = _Probe(target, timeout)
+        results = []
+        try:
+            for name, fn in CHECKS:
+                try:
+                    results.append(Check(name, True, fn(probe)))
+                except _Fail as exc:
+                    results.append(Check(name, False, str(exc)))
+        finally:
+            probe.close()
+        return HealthReport(target, tuple(results))
+
+    if target.netns:
+        from provision.remote.netns import call_in_netns  # light: no paramiko
+
+        return call_in_netns(target.netns, run)
+    return run()
+
+
+def wait(
+    target: Target,
+    *,
+    timeout: float = 600,
+    attempt_timeout: float = 10,
+    first_delay: float = 2,
+    max_delay: float = 30,
+    progress: Callable[[str], None] | None = None,
+) -> HealthReport:
+    """Check until healthy, with exponential backoff; HealthError naming the failing checks after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay, attempts, last_line = first_delay, 0, ""
+    while True:
+        attempts += 1
+        remaining = deadline - time.monotonic()
+        report = check(target, timeout=max(0.2, min(attempt_timeout, remaining)))
+        if report.ok:
+            return report
+        if progress and report.line() != last_line:
+            progress(f"waiting for https://{target.domain}: {report.line()}")
+        last_line = report.line()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            err = HealthError(
+                f"https://{target.domain} is not healthy after {timeout:g}s ({attempts} attempts): {report.line()}"
+            )
+            err.report = report  # type: ignore[attr-defined]
+            err.attempts = attempts  # type: ignore[attr-defined]
+            raise err
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, max_delay)
+
+
+def describe(report: HealthReport) -> str:
+    """A few lines for humans (``fedi status``)."""
+    return "\n".join(f"{'ok  ' if c.ok else 'FAIL'} {c.name:13} {c.detail}" for c in report.checks)
+
+
+def as_json(report: HealthReport) -> str:
+    return json.dumps(
+        {"domain": report.target.domain, "ok": report.ok, "checks": [c.__dict__ for c in report.checks]}, indent=2
+    )

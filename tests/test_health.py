@@ -1,0 +1,367 @@
+"""Health checks against real HTTPS and HTTP servers on loopback, with test CAs made here.
+
+The servers are Python's http.server (TLS through ssl) serving nodeinfo, webfinger and each app's API
+as the real apps shape them; the client connects to 127.0.0.1 with the domain as SNI and Host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from provision import health
+from provision.errors import HealthError
+
+DOMAIN = "social.example.test"
+
+
+@dataclass
+class CA:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def pem(self, path: Path) -> Path:
+        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def issue(self, tmp: Path, name: str) -> tuple[Path, Path]:
+        """A server certificate for ``name``; returns (cert, key) PEM files."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = tmp / f"{name}-{id(cert)}.crt", tmp / f"{name}-{id(cert)}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_path, key_path
+
+
+def make_ca(name: str) -> CA:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CA(key, cert)
+
+
+Route = Callable[[], tuple[int, Any]]  # -> (status, JSON body)
+
+
+def app_routes(app: str, domain: str = DOMAIN) -> dict[str, Route]:
+    """What the apps answer, in the shapes their APIs use."""
+    routes: dict[str, Route] = {
+        "/": lambda: (200, "<html>welcome</html>"),
+        "/.well-known/nodeinfo": lambda: (
+            200,
+            {
+                "links": [
+                    {
+                        "rel": "http://nodeinfo.diaspora.software/ns/schema/2.0",
+                        "href": f"https://{domain}/nodeinfo/2.0",
+                    },
+                    {
+                        "rel": "http://nodeinfo.diaspora.software/ns/schema/2.1",
+                        "href": f"https://{domain}/nodeinfo/2.1",
+                    },
+                ]
+            },
+        ),
+        "/nodeinfo/2.1": lambda: (
+            200,
+            {"version": "2.1", "software": {"name": health.SOFTWARE[app], "version": "9.9"}},
+        ),
+        "/nodeinfo/2.0": lambda: (500, {"error": "2.0 must not be used when 2.1 is offered"}),
+        f"/.well-known/webfinger?resource=acct:admin@{domain}": lambda: (
+            200,
+            {
+                "subject": f"acct:admin@{domain}",
+                "links": [
+                    {"rel": "self", "type": "application/activity+json", "href": f"https://{domain}/users/admin"}
+                ],
+            },
+        ),
+    }
+    if app == "mastodon":
+        routes["/api/v2/instance"] = lambda: (200, {"domain": domain, "version": "4.7.3", "title": "Mastodon"})
+    elif app == "lemmy":
+        routes["/api/v3/site"] = lambda: (
+            200,
+            {"site_view": {"site": {"name": "lemmy", "actor_id": f"https://{domain}/"}}, "version": "0.19.20"},
+        )
+    else:
+        routes["/api/info"] = lambda: (
+            200,
+            {"softwareName": "mbin", "softwareVersion": "1.10.1", "websiteDomain": domain},
+        )
+    return routes
+
+
+@dataclass
+class Site:
+    """An HTTPS server and an HTTP server on loopback; tests change ``routes`` and ``redirect`` freely."""
+
+    https_port: int = 0
+    http_port: int = 0
+    routes: dict[str, Route] = field(default_factory=dict)
+    redirect: bool = True
+    hits: dict[str, int] = field(default_factory=dict)
+    hosts: list[tuple[str, str]] = field(default_factory=list)  # (Host header, SNI) per HTTPS request
+
+
+def serve(site: Site, cert: Path, key: Path) -> list[ThreadingHTTPServer]:
+    sni_seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            if not isinstance(self.connection, ssl.SSLSocket):
+                if site.redirect:
+                    self.send_response(308)
+                    self.send_header("Location", f"https://{DOMAIN}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self._send(200, "plain http")
+                return
+            site.hits[self.path] = site.hits.get(self.path, 0) + 1
+            site.hosts.append((self.headers.get("Host", ""), sni_seen[-1] if sni_seen else ""))
+            route = site.routes.get(self.path)
+            self._send(*(route() if route else (404, {"error": "not found"})))
+
+        def _send(self, status: int, body: Any) -> None:
+            data = (body if isinstance(body, str) else json.dumps(body)).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: sni_seen.append(name or "")
+    https = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    https.socket = context.wrap_socket(https.socket, server_side=True)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    site.https_port, site.http_port = https.server_address[1], http.server_address[1]
+    for server in (https, http):
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return [https, http]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Any]:
+    good, other = make_ca("fedi test CA"), make_ca("some other CA")
+    return {"ca": good, "other": other, "bundle": good.pem(tmp_path / "ca.pem"), "tmp": tmp_path}
+
+
+@pytest.fixture
+def site(pki: dict[str, Any]) -> Iterator[Site]:
+    s = Site(routes=app_routes("mastodon"))
+    servers = serve(s, *pki["ca"].issue(pki["tmp"], DOMAIN))
+    try:
+        yield s
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def target(site: Site, pki: dict[str, Any], app: str = "mastodon", **kw: Any) -> health.Target:
+    return health.Target(
+        domain=DOMAIN,
+        app=app,
+        address="127.0.0.1",
+        https_port=site.https_port,
+        http_port=site.http_port,
+        ca_bundle=pki["bundle"],
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("app", ["mastodon", "lemmy", "mbin"])
+def test_a_healthy_instance(site: Site, pki: dict[str, Any], app: str) -> None:
+    site.routes = app_routes(app)
+    report = health.check(target(site, pki, app))
+    assert report.ok, report.line()
+    assert [c.name for c in report.checks] == ["https", "http-redirect", "nodeinfo", "api", "webfinger"]
+    details = {c.name: c.detail for c in report.checks}
+    assert details["nodeinfo"] == f"{health.SOFTWARE[app]} 9.9"  # the 2.1 document, the newest offered
+    assert details["http-redirect"] == f"308 -> https://{DOMAIN}/"
+    assert details["webfinger"] == f"acct:admin@{DOMAIN} -> https://{DOMAIN}/users/admin"
+    assert site.hits.get("/nodeinfo/2.0") is None
+    # connected to 127.0.0.1, but spoke to the domain: Host header and TLS server name
+    assert {host for host, _ in site.hosts} == {f"{DOMAIN}:{site.https_port}"}
+    assert {sni for _, sni in site.hosts} == {DOMAIN}
+    assert report.line() == f"https://{DOMAIN} is healthy"
+
+
+def test_a_certificate_from_another_ca_fails(pki: dict[str, Any]) -> None:
+    s = Site(routes=app_routes("mastodon"))
+    servers = serve(s, *pki["other"].issue(pki["tmp"], DOMAIN))
+    try:
+        report = health.check(target(s, pki))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert not report.ok
+    https = report.checks[0]
+    assert https.name == "https" and not https.ok
+    assert https.detail.startswith(f"certificate not valid for {DOMAIN}: ")
+    assert "unable to get local issuer certificate" in https.detail
+    assert s.hits == {}  # no request was ever sent over the untrusted connection
+    assert report.checks[1].ok  # plain HTTP still redirects
+
+
+def test_a_certificate_for_another_name_fails(pki: dict[str, Any]) -> None:
+    s = Site(routes=app_routes("mastodon"))
+    servers = serve(s, *pki["ca"].issue(pki["tmp"], "other.example.test"))
+    try:
+        report = health.check(target(s, pki))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert not report.checks[0].ok
+    assert "certificate not valid" in report.checks[0].detail and "mismatch" in report.checks[0].detail.lower()
+
+
+def test_system_roots_do_not_trust_a_private_ca(site: Site, pki: dict[str, Any]) -> None:
+    report = health.check(replace(target(site, pki), ca_bundle=None))
+    assert not report.checks[0].ok and "certificate not valid" in report.checks[0].detail
+
+
+def test_failing_api_wrong_software_missing_redirect_and_unknown_admin(site: Site, pki: dict[str, Any]) -> None:
+    site.routes["/api/v2/instance"] = lambda: (503, {"error": "starting"})
+    site.routes["/nodeinfo/2.1"] = lambda: (200, {"software": {"name": "lemmy", "version": "0.19.20"}})
+    site.routes.pop(f"/.well-known/webfinger?resource=acct:admin@{DOMAIN}")
+    site.redirect = False
+    report = health.check(target(site, pki))
+    failed = {c.name: c.detail for c in report.failed}
+    assert failed == {
+        "http-redirect": "http:// answered 200 instead of redirecting to https://",
+        "nodeinfo": "nodeinfo says the software is 'lemmy', expected 'mastodon'",
+        "api": "/api/v2/instance answered 503",
+        "webfinger": f"/.well-known/webfinger?resource=acct:admin@{DOMAIN} answered 404",
+    }
+    assert report.checks[0].ok
+
+
+def test_api_for_another_domain_fails(site: Site, pki: dict[str, Any]) -> None:
+    site.routes = app_routes("mastodon", domain="elsewhere.example")
+    site.routes["/nodeinfo/2.1"] = app_routes("mastodon")["/nodeinfo/2.1"]
+    report = health.check(target(site, pki))
+    failed = {c.name: c.detail for c in report.failed}
+    assert failed["api"] == f"/api/v2/instance names domain 'elsewhere.example', not '{DOMAIN}'"
+    assert failed["nodeinfo"] == f"nodeinfo links to 'https://elsewhere.example/nodeinfo/2.1', not to https://{DOMAIN}"
+
+
+def test_wait_reports_which_check_failed(site: Site, pki: dict[str, Any]) -> None:
+    site.routes["/api/v2/instance"] = lambda: (502, "bad gateway")
+    seen: list[str] = []
+    with pytest.raises(HealthError) as err:
+        health.wait(target(site, pki), timeout=1, first_delay=0.2, progress=seen.append)
+    line = err.value.line()
+    assert line.startswith(f"https://{DOMAIN} is not healthy after 1s (")
+    assert line.endswith("api: /api/v2/instance answered 502")
+    assert 2 <= err.value.attempts <= 5  # type: ignore[attr-defined]
+    assert seen == [f"waiting for https://{DOMAIN}: api: /api/v2/instance answered 502"]  # said once, not per try
+
+
+def test_wait_returns_once_the_instance_comes_up(site: Site, pki: dict[str, Any]) -> None:
+    calls = {"n": 0}
+
+    def booting() -> tuple[int, Any]:
+        calls["n"] += 1
+        return (503, "starting") if calls["n"] < 3 else (200, {"domain": DOMAIN, "version": "4.7.3"})
+
+    site.routes["/api/v2/instance"] = booting
+    report = health.wait(target(site, pki), timeout=60, first_delay=0.05)
+    assert report.ok and calls["n"] == 3
+
+
+def test_a_server_that_never_answers_is_bounded(pki: dict[str, Any]) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        t = health.Target(
+            DOMAIN, "mastodon", address="127.0.0.1", https_port=port, http_port=port, ca_bundle=pki["bundle"]
+        )
+        report = health.check(t, timeout=0.3)
+        assert not report.ok
+        assert all(c.detail.startswith("no answer within 0.3s") for c in report.checks)
+        with pytest.raises(HealthError) as err:
+            health.wait(t, timeout=1, attempt_timeout=0.3, first_delay=0.1)
+        assert err.value.attempts >= 1  # type: ignore[attr-defined]
+
+
+def test_no_port_listening_is_a_clear_connect_failure(pki: dict[str, Any]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = health.Target(DOMAIN, "lemmy", address="127.0.0.1", https_port=port, http_port=port, ca_bundle=pki["bundle"])
+    report = health.check(t, timeout=2)
+    assert report.checks[0].detail.startswith(f"cannot connect to https://{DOMAIN}/: ")
+
+
+def test_the_module_never_turns_verification_off() -> None:
+    source = Path(health.__file__).read_text()
+    assert "verify=False" not in source and "CERT_NONE" not in source and "check_hostname = False" not in source
