@@ -45,10 +45,27 @@ def _remote_run(access, argv):
     return remote.run(access, argv)
 
 
+def health_target(spec: InstanceSpec, outputs: StackOutputs):
+    """Where the health checks connect: the server's address with the domain as SNI and Host."""
+    from provision.health import Target
+
+    extra = outputs.extra
+    return Target(
+        domain=spec.domain,
+        app=spec.app,
+        admin_username=spec.admin_username,
+        address=outputs.access.address or None,
+        https_port=int(extra.get("https_port", 443)),
+        http_port=int(extra.get("http_port", 80)),
+        ca_bundle=Path(extra["ca_bundle"]) if extra.get("ca_bundle") else None,
+        netns=outputs.access.netns,
+    )
+
+
 def _health(spec, outputs, progress):
     from provision import health
 
-    return health.wait(spec, outputs, progress=progress)
+    return health.wait(health_target(spec, outputs), progress=progress)
 
 
 def _event(kind, spec, outputs, cost):
@@ -180,14 +197,11 @@ def status(
     spec = spec or spec_of_outputs(outputs)
     cost = steps.cost(spec, sizing(spec)) if spec else None
     report = None
-    notes: tuple[str, ...] = ()
     if spec is not None and check_health:
-        try:
-            from provision import health
+        from provision import health
 
-            report = health.check(spec, outputs)
-        except (ImportError, AttributeError):
-            notes = ("health check unavailable in this build",)
+        report = health.check(health_target(spec, outputs))
+    notes = () if spec is not None else ("the stack's outputs do not say what it runs: no cost or health",)
     return Result(stack, outputs, cost, report, notes=notes)
 
 

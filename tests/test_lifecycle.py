@@ -125,3 +125,25 @@ def test_resize_retunes_the_host_and_reports_the_cost_difference(provider):
     assert "max_connections" in (root / "postgres" / "fedi.conf").read_text()
     assert result.outputs.server_type == "cx43"
     assert result.cost.delta.gross > 0
+
+
+def test_health_checks_connect_to_the_server_with_the_domain_as_sni(provider):
+    result = lifecycle.up(spec_of(software="mastodon"), provider, lambda _l: None, steps=Recorder().steps())
+    target = lifecycle.health_target(spec_of(software="mastodon"), result.outputs)
+    assert (target.domain, target.app, target.address) == ("social.example.org", "mastodon", result.outputs.ipv4)
+    assert target.https_port == 443 and target.ca_bundle is None and target.netns is None
+
+
+def test_the_spec_is_rebuilt_from_the_stack_outputs(provider):
+    result = lifecycle.up(
+        spec_of(software="kbin", size="tiny", location="hel1"), provider, lambda _l: None, steps=Recorder().steps()
+    )
+    spec = lifecycle.spec_of_outputs(result.outputs)
+    assert (spec.software, spec.app, spec.size, spec.domain, spec.location) == (
+        "kbin",
+        "mbin",
+        "tiny",
+        "social.example.org",
+        "hel1",
+    )
+    assert spec.production is True
