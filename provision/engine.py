@@ -13,13 +13,11 @@ Per stack, the backend keeps (as stack config, the secret ones encrypted by that
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -157,13 +155,6 @@ def _last_error_line(text: str) -> str:
     return (lines[-1] if lines else (text.strip().splitlines() or ["unknown error"])[-1])[:300]
 
 
-@dataclass(frozen=True)
-class EngineStack:
-    name: str
-    last_update: str  # ISO 8601 or ''
-    outputs: dict[str, Any]
-
-
 class PulumiEngine:
     """The real engine (needs the Pulumi CLI; the hcloud provider reads HCLOUD_TOKEN itself)."""
 
@@ -286,16 +277,6 @@ class PulumiEngine:
         except Exception as exc:  # noqa: BLE001
             raise map_error(exc) from None
 
-    def stacks(self) -> list[EngineStack]:
-        found = []
-        for name in self.stack_names():
-            try:
-                outputs = self.outputs(name)
-            except ProvisionError:
-                outputs = {}
-            found.append(EngineStack(name, "", outputs))
-        return found
-
 
 def _ws_kwargs(opts) -> dict[str, Any]:
     return {
@@ -326,7 +307,3 @@ def _progress_events(progress: Progress, started: float):
         )
 
     return on_event
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

@@ -9,7 +9,7 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider, dns_records, find_zone, zone_candidates
+from provision.providers.hetzner import HetznerProvider, dns_records, find_zone, wait_for_dns, zone_candidates
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, isolate, spec_of
 
@@ -147,3 +147,54 @@ def test_records_to_create_by_hand_when_the_zone_is_elsewhere():
     records = dns_records({"ipv4": "203.0.113.9", "ipv6": "2001:db8::1"}, "social.example.org", "a@example.org")
     assert ("social.example.org", "A", "203.0.113.9") in records
     assert ("social.example.org", "CAA", '0 issue "letsencrypt.org"') in records
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def __call__(self):
+        return self.now
+
+
+def test_dns_wait_returns_once_the_record_resolves():
+    answers = iter([set(), {"198.51.100.1"}, {"203.0.113.9"}])
+    lines: list[str] = []
+    clock = Clock()
+    wait_for_dns(
+        "social.example.org",
+        "203.0.113.9",
+        lines.append,
+        resolve=lambda _d: next(answers),
+        sleep=clock.sleep,
+        clock=clock,
+        interval=20,
+    )
+    assert clock.now == 40
+    assert lines[-1] == "DNS: social.example.org resolves to 203.0.113.9"
+
+
+def test_dns_wait_is_bounded():
+    clock = Clock()
+    with pytest.raises(ProvisionError, match="does not resolve to 203.0.113.9 after 2 minutes"):
+        wait_for_dns(
+            "social.example.org",
+            "203.0.113.9",
+            lambda _l: None,
+            timeout=120,
+            interval=30,
+            resolve=lambda _d: set(),
+            sleep=clock.sleep,
+            clock=clock,
+        )
+    assert clock.now == 120
+
+
+def test_dns_resolution_of_a_local_name():
+    from provision.providers.hetzner import resolve_a
+
+    assert "127.0.0.1" in resolve_a("localhost")
+    assert resolve_a("does-not-exist.invalid") == set()

@@ -75,6 +75,43 @@ def dns_records(outputs: dict[str, Any], domain: str, admin_email: str) -> list[
     return records + [(domain, "CAA", value) for value in caa_records(fake)]
 
 
+def resolve_a(domain: str) -> set[str]:
+    import socket
+
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(domain, 443, socket.AF_INET, socket.SOCK_STREAM)}
+    except OSError:
+        return set()
+
+
+def wait_for_dns(
+    domain: str,
+    ipv4: str,
+    progress: Progress,
+    *,
+    timeout: float = 1800,
+    interval: float = 20,
+    resolve=resolve_a,
+    sleep=time.sleep,
+    clock=time.monotonic,
+) -> None:
+    """Poll (bounded) until ``domain`` resolves to ``ipv4``: Let's Encrypt needs it before Caddy can get a cert."""
+    deadline = clock() + timeout
+    while True:
+        seen = resolve(domain)
+        if ipv4 in seen:
+            progress(f"DNS: {domain} resolves to {ipv4}")
+            return
+        if clock() >= deadline:
+            raise ProvisionError(
+                f"{domain} does not resolve to {ipv4} after {timeout / 60:.0f} minutes (it resolves to "
+                f"{', '.join(sorted(seen)) or 'nothing'})",
+                hint="create the records printed above at your DNS provider, then re-run `fedi up`",
+            )
+        progress(f"DNS: waiting for {domain} -> {ipv4} (now: {', '.join(sorted(seen)) or 'nothing'})")
+        sleep(interval)
+
+
 class HetznerProvider:
     name = "hetzner"
 
@@ -168,6 +205,8 @@ class HetznerProvider:
             outputs = self.engine.outputs(cfg.stack)
             for name, rtype, value in dns_records(outputs, spec.domain, spec.admin_email):
                 progress(f"DNS: create {name} {rtype} {value}")
+            if not self.engine.offline:
+                wait_for_dns(spec.domain, outputs.get("ipv4", ""), progress)
         return self.outputs(cfg.stack)
 
     def resize(self, spec: InstanceSpec, old: Sizing, new: Sizing, progress: Progress) -> StackOutputs:
