@@ -200,3 +200,30 @@ def event_data(spec: Any, outputs: Any = None, cost: Any = None, *, previous_siz
         except FediError as err:
             data["dues_error"] = err.line()
     return data
+
+
+def announce(spec: Any, report: Any, provider: Any, *, base_url: str | None = None, run: Any = None) -> str:
+    """Post ``report`` on ``spec``'s instance the way its app allows (see the module docstring).
+
+    ``provider`` gives the stack's outputs (SSH access, for Mastodon) and secrets (the Lemmy admin's
+    password); ``run`` is :func:`provision.remote.run`; ``base_url`` defaults to https://<domain>.
+    A local stack's certificate comes from Caddy's internal CA, so it is not verified there.
+    """
+    verify = spec.provider != "local"
+    base_url = base_url or f"https://{spec.domain}"
+    if spec.app == "mastodon":
+        if run is None:
+            from provision.remote import run
+        outputs = provider.outputs(spec.stack_name)
+        rc, out, err = run(outputs.access, mastodon_argv(funding_text(report, markdown=False)))
+        if rc != 0:
+            last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
+            raise HookError(f"the Mastodon announcement failed: {last[0][:200]}")
+        announcement_id = (out.strip().splitlines() or [""])[-1]
+        return f"funding status published as Mastodon announcement {announcement_id}".rstrip()
+    if spec.app == "lemmy":
+        password = provider.secrets(spec).get("admin_password", "")
+        if not password:
+            raise MissingPrerequisite(f"no admin password in the secrets of stack {spec.stack_name}")
+        return post_lemmy(base_url, spec.admin_username, password, funding_text(report), verify=verify)
+    return post_mbin(base_url, funding_text(report), verify=verify)

@@ -286,11 +286,11 @@ def emit(event_type: str, data: dict[str, Any], config: dict[str, Any], *, deliv
     return ids
 
 
-def emit_lifecycle(kind: str, *, spec: Any, outputs: Any = None, cost: Any = None) -> list[str]:
+def emit_lifecycle(kind: str, *, spec: Any, outputs: Any = None, cost: Any = None, deliver: bool = True) -> list[str]:
     """The lifecycle's hook: ``kind`` is stack.created/resized/destroyed or cost.monthly; data from the spec."""
     from provision.coop import event_data
 
-    return emit(kind, event_data(spec, outputs, cost), spec.extra or {})
+    return emit(kind, event_data(spec, outputs, cost), spec.extra or {}, deliver=deliver)
 
 
 @contextlib.contextmanager

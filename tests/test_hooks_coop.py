@@ -203,3 +203,50 @@ def test_mastodon_command_as_data():
     assert "Announcement.create!" in ruby and "PublishScheduledAnnouncementWorker" in ruby
     # over SSH the argv is joined with shlex.join: the remote shell gets the text back intact
     assert shlex.split(shlex.join(argv)) == argv
+
+
+class Stack:
+    """What coop.announce asks of a provider: the stack's outputs and secrets (the Provider protocol)."""
+
+    def __init__(self, secrets=None):
+        self._secrets = secrets or {}
+
+    def secrets(self, spec):
+        return self._secrets
+
+    def outputs(self, stack):
+        from provision.model import HostAccess, StackOutputs
+
+        return StackOutputs(stack, "hetzner", HostAccess("203.0.113.9", host_key="ssh-ed25519 AAAA"))
+
+
+def _spec(software):
+    from provision.spec import build_spec
+
+    return build_spec({"software": software, "size": "tiny", "domain": f"{software}.example.coop"})
+
+
+def test_announce_lemmy_with_the_stack_admin_password(lemmy):
+    line = coop.announce(_spec("lemmy"), report(), Stack({"admin_password": PASSWORD}), base_url=lemmy.url)
+    assert "sidebar" in line and coop.MARKER in lemmy.page
+    with pytest.raises(MissingPrerequisite, match="no admin password"):
+        coop.announce(_spec("lemmy"), report(), Stack({}), base_url=lemmy.url)
+
+
+def test_announce_mastodon_runs_the_command_over_the_stack_access():
+    calls = []
+
+    def run(access, argv):
+        calls.append((access.address, argv))
+        return 0, "107\n", ""
+
+    line = coop.announce(_spec("mastodon"), report(), Stack(), run=run)
+    [(address, argv)] = calls
+    assert address == "203.0.113.9" and argv[-4:-1] == ["web", "bin/rails", "runner"]
+    assert argv[12].startswith("FEDI_FUNDING=Funding, ") and line.endswith("announcement 107")
+
+    def failing(access, argv):
+        return 1, "", "ActiveRecord::RecordInvalid: Validation failed\n"
+
+    with pytest.raises(HookError, match="RecordInvalid"):
+        coop.announce(_spec("mastodon"), report(), Stack(), run=failing)

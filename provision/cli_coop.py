@@ -1,0 +1,210 @@
+"""`fedi cost` and `fedi coop ...`: what the instance costs, who covers it, and the billing hook.
+
+Parses and calls; the logic lives in cost.py, dues.py, hooks.py and coop.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from provision.cli import AdminEmail, Domain, Json, Location, Provider, Size, Software, emit, note, spec_from
+
+coop_app = typer.Typer(
+    name="coop",
+    help="Co-op funding: member dues, the signed billing hook and its outbox, the monthly run.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+Backups = Annotated[bool, typer.Option("--backups", help="include Hetzner's own server backups (20% of the server)")]
+StorageTb = Annotated[
+    float, typer.Option("--storage-tb", min=0.0, help="object storage held, in TB (the base price includes 1 TB)")
+]
+SECRET_ENV = "FEDI_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
+NoStorage = Annotated[bool, typer.Option("--no-object-storage", help="leave out object storage")]
+
+
+def _target(software: str | None, size: str | None, location: str | None) -> tuple[Any, str]:
+    """(size, app, location) from flags over fedi.toml, validated; and the provider. No domain needed."""
+    from provision.errors import ValidationError
+    from provision.spec import APPS, CONFIG_FILE, LOCATIONS, PROVIDERS, SIZES, load_config, one_of
+
+    config = load_config()
+    merged = {k: config.get(k) for k in ("software", "size", "location", "provider")}
+    merged.update({k: v for k, v in {"software": software, "size": size, "location": location}.items() if v})
+    for key in ("software", "size"):
+        if not merged.get(key):
+            raise ValidationError(key, f"is required (pass --{key} or set {key} in {CONFIG_FILE})")
+    app = APPS[one_of("software", merged["software"], tuple(APPS))]
+    target = (
+        one_of("size", merged["size"], tuple(SIZES)),
+        app,
+        one_of("location", merged.get("location") or "fsn1", tuple(LOCATIONS)),
+    )
+    return target, one_of("provider", merged.get("provider") or "hetzner", PROVIDERS)
+
+
+def _cost(target: tuple[str, str, str], provider: str, **options: Any) -> Any:
+    from provision.cost import CostBreakdown, monthly_cost
+
+    if provider == "local":
+        size, app, location = target
+        labels = {"size": size, "app": app, "location": location}
+        return CostBreakdown((), "EUR", "local", "a local machine: no cloud costs", None, labels)
+    return monthly_cost(target, **options)
+
+
+def cost(
+    software: Software = None,
+    size: Size = None,
+    location: Location = None,
+    backups: Backups = False,
+    storage_tb: StorageTb = 1.0,
+    no_object_storage: NoStorage = False,
+    hours: Annotated[
+        float | None, typer.Option(min=0.01, help="price an ephemeral stack for this many hours", show_default=False)
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Print the monthly cost of an instance: every resource, net and gross, and where the prices come from."""
+    target, provider = _target(software, size, location)
+    options = {"hetzner_backups": backups, "object_storage": not no_object_storage, "object_storage_tb": storage_tb}
+    breakdown = _cost(target, provider, ephemeral_hours=hours, **options)
+    emit(breakdown.as_dict(), as_json, breakdown.text())
+
+
+@coop_app.command("dues")
+def dues(
+    software: Software = None,
+    size: Size = None,
+    location: Location = None,
+    backups: Backups = False,
+    as_json: Json = False,
+) -> None:
+    """How many paying members cover the instance, how many subsidized memberships it carries, funding %."""
+    from provision.dues import compute_dues, parse_coop
+    from provision.spec import load_config
+
+    target, provider = _target(software, size, location)
+    breakdown = _cost(target, provider, hetzner_backups=backups)
+    report = compute_dues(parse_coop(load_config().get("coop")), breakdown)
+    data = report.as_dict() | {"note": breakdown.note}
+    emit(
+        data,
+        as_json,
+        report.summary() + f"\nprices: {breakdown.source}" + (f" ({breakdown.note})" if breakdown.note else ""),
+    )
+
+
+@coop_app.command("verify-signature")
+def verify_signature(
+    webhook_id: Annotated[str, typer.Option("--id", help="the webhook-id header")],
+    timestamp: Annotated[str, typer.Option(help="the webhook-timestamp header")],
+    signature: Annotated[str, typer.Option(help="the webhook-signature header (v1,<base64> ...)")],
+    body: Annotated[Path, typer.Option(help="file with the exact request body; - reads standard input")] = Path("-"),
+    secret_env: Annotated[str, typer.Option(help="environment variable holding the whsec_ secret")] = SECRET_ENV,
+    tolerance: Annotated[int, typer.Option(min=0, help="seconds a timestamp may be off")] = 300,
+    as_json: Json = False,
+) -> None:
+    """Check a received billing event: exit 0 if it is authentic and fresh, 8 if tampered, stale or foreign."""
+    import os
+
+    from provision.errors import MissingPrerequisite
+    from provision.hooks import verify_signature as verify
+
+    secret = os.environ.get(secret_env, "")
+    if not secret:
+        raise MissingPrerequisite(f"set ${secret_env} to the whsec_ secret the events are signed with")
+    raw = sys.stdin.buffer.read() if str(body) == "-" else body.read_bytes()
+    headers = {"webhook-id": webhook_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
+    payload = verify(secret, headers, raw, tolerance=tolerance)
+    kind = payload.get("type", "?") if isinstance(payload, dict) else "?"
+    emit({"valid": True, "id": webhook_id, "type": kind}, as_json, f"valid: {kind} {webhook_id}")
+
+
+@coop_app.command("outbox")
+def outbox(
+    flush: Annotated[
+        bool, typer.Option("--flush", help="deliver everything pending now, ignoring retry waits")
+    ] = False,
+    drop: Annotated[
+        str | None, typer.Option(help="remove this event unsent (an endpoint gone for good)", show_default=False)
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """List the billing events not yet delivered; --flush sends them now."""
+    from provision import hooks
+
+    if drop:
+        found = hooks.drop(drop)
+        emit({"dropped": drop if found else None}, as_json, f"dropped {drop}" if found else f"no event {drop}")
+        return
+    if flush:
+        report = hooks.deliver_pending(force=True)
+        for line in report.errors:
+            note(f"fedi: {line}")
+        lines = [f"delivered {len(report.delivered)}, pending {len(report.pending)}"]
+        emit(report.as_dict(), as_json, "\n".join(lines))
+        return
+    pending = [event.summary() for event in hooks.list_pending()]
+    rows = [f"{p['id']}  {p['type']:<16} {p['url']}  tries {p['attempts']}  {p['last_error']}" for p in pending]
+    emit({"pending": pending}, as_json, "\n".join(rows) or "the outbox is empty")
+
+
+@coop_app.command("monthly")
+def monthly(
+    software: Software = None,
+    size: Size = None,
+    domain: Domain = None,
+    location: Location = None,
+    admin_email: AdminEmail = None,
+    provider: Provider = None,
+    announce: Annotated[
+        bool | None,
+        typer.Option(
+            "--announce/--no-announce", help="post the funding status on the instance (default: [coop] announce)"
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """The monthly run: send the cost.monthly event, deliver the outbox, and post the funding status."""
+    from provision import coop, hooks
+    from provision.cost import monthly_cost
+    from provision.dues import compute_dues, parse_coop
+
+    spec = spec_from(software, size, domain, location, admin_email, provider)
+    settings = parse_coop(spec.extra.get("coop"))
+    breakdown = monthly_cost(spec)
+    report = compute_dues(settings, breakdown)
+    ids = hooks.emit_lifecycle("cost.monthly", spec=spec, outputs=None, cost=breakdown, deliver=False)
+    delivery = hooks.deliver_pending()
+    for line in delivery.errors:
+        note(f"fedi: {line}")
+    posted = ""
+    if settings.announce if announce is None else announce:
+        from provision.providers import get_provider
+
+        posted = coop.announce(spec, report, get_provider(spec.provider))
+    data = {
+        "events": ids,
+        "delivered": list(delivery.delivered),
+        "pending": len(delivery.pending),
+        "dues": report.as_dict(),
+        "announced": posted or None,
+    }
+    human = [report.summary(), f"events: {len(ids)} queued, {len(delivery.pending)} still pending"]
+    if breakdown.note:
+        human.append(f"prices: {breakdown.source} ({breakdown.note})")
+    if posted:
+        human.append(posted)
+    emit(data, as_json, "\n".join(human))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cost")(cost)
+    app.add_typer(coop_app, name="coop")
