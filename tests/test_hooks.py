@@ -294,3 +294,12 @@ def test_emit_lifecycle_carries_stack_cost_and_dues(receiver, monkeypatch, tmp_p
     hooks.emit_lifecycle("stack.destroyed", spec=bad, outputs=None, cost=cost)
     last = receiver.accepted[-1][1]["data"]
     assert last["dues"] is None and last["dues_error"].startswith("coop/dues:")
+
+
+def test_verify_rejects_non_text_and_non_json_bodies():
+    headers = hooks.signed_headers(SECRET, "msg_3", "not json")
+    with pytest.raises(hooks.SignatureError, match="not JSON"):
+        hooks.verify_signature(SECRET, headers, "not json")
+    with pytest.raises(hooks.SignatureError, match="UTF-8"):
+        hooks.verify_signature(SECRET, headers, b"\xff\xfe")
+    assert hooks.deliver_pending() == hooks.DeliveryReport((), (), ())
