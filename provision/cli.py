@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import click
 import typer
-from typer._click.exceptions import ClickException as TyperClickException
 
 from provision.errors import FediError
 from provision.spec import KBIN_NOTE, InstanceSpec, build_spec, load_config, parse_ttl
@@ -30,13 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-@app.callback()
-def _root() -> None:
-    # A group callback keeps `fedi render` a subcommand even while it is the only command registered.
-    pass
-
 
 # Options shared by every command that needs an instance spec. None = "not given": fedi.toml fills it.
 Software = Annotated[
@@ -146,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     except FediError as err:
         typer.echo(f"fedi: {err.line()}", err=True)
         return err.exit_code
-    except (click.exceptions.Abort, typer.Abort):
+    except click.exceptions.Abort:
         typer.echo("fedi: aborted", err=True)
         return 130
     except KeyboardInterrupt:
         typer.echo("fedi: interrupted", err=True)
         return 130
-    except (click.exceptions.Exit, typer.Exit) as exc:
+    except click.exceptions.Exit as exc:
         return exc.exit_code
-    except (click.ClickException, TyperClickException) as exc:  # typer >= 0.2x vendors click
+    except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     return 0

@@ -227,6 +227,9 @@ class HetznerProvider:
     def down(self, stack: str, progress: Progress, *, purge_backups: bool = False, unprotect: bool = False) -> None:
         cfg = self.stored_config(stack)
         if cfg is None:
+            if stack in self.engine.stack_names():  # secrets stored, nothing provisioned yet: forget the stack
+                self.engine.destroy(stack, progress)
+                return
             raise ProvisionError(f"stack {stack!r} does not exist in the state backend", hint="see `fedi stacks`")
         if cfg.production and not unprotect:
             raise ProvisionError(

@@ -1,0 +1,67 @@
+"""`fedi smoke` and `fedi sweep`: throwaway stacks for tests and CI, and the clean-up that guards them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provision.cli import Json, Location, Provider, Size, Software, emit, note, spec_from
+from provision.errors import UsageError
+
+
+def smoke_cmd(
+    software: Software = None,
+    size: Size = None,
+    domain: Annotated[
+        str | None, typer.Option(help="parent domain for the throwaway name, e.g. smoke.example.org")
+    ] = None,
+    location: Location = None,
+    provider: Provider = None,
+    backend: Annotated[str | None, typer.Option(help="Pulumi state backend (default: local file backend)")] = None,
+    timeout: Annotated[str, typer.Option(help="give up (and tear down) after this long: 45m, 1h")] = "45m",
+    junit: Annotated[Path | None, typer.Option(help="write a JUnit XML report here (for CI)")] = None,
+    as_json: Json = False,
+) -> None:
+    """Up an ephemeral stack, check it (TLS, redirect, nodeinfo, API, webfinger), tear it down. Always."""
+    from provision import smoke
+    from provision.cli_stack import ephemeral_domain, make_provider, progress_printer
+    from provision.spec import parse_ttl
+
+    if not domain:
+        raise UsageError("domain: is required: the parent domain for throwaway names, e.g. smoke.example.org")
+    limit_h = parse_ttl(timeout)
+    ttl = f"{max(1.0, limit_h * 2):g}h"  # `fedi sweep` may remove it once twice the timeout has passed
+    spec = spec_from(software, size, ephemeral_domain(domain), location, None, provider, ephemeral=True, ttl=ttl)
+    prov = make_provider(spec.provider, backend)
+    note(f"smoke: {spec.software}/{spec.size} on {spec.domain} (stack {spec.stack_name}), timeout {timeout}")
+    report = smoke.run(spec, prov, progress_printer(), timeout=limit_h * 3600)
+    if junit:
+        junit.write_text(report.junit(), encoding="utf-8")
+    emit(report.as_dict(), as_json, report.text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def sweep_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be destroyed; destroy nothing")] = False,
+    provider: Provider = None,
+    backend: Annotated[str | None, typer.Option(help="Pulumi state backend (default: local file backend)")] = None,
+    as_json: Json = False,
+) -> None:
+    """Destroy ephemeral stacks past their expiry, and orphaned ephemeral resources at Hetzner."""
+    from provision import sweep
+    from provision.cli_stack import make_provider, progress_printer, provider_name
+
+    prov = make_provider(provider_name(provider), backend)
+    items = sweep.sweep(prov, dry_run=dry_run, progress=progress_printer())
+    lines = [f"{i.action:<14} {i.kind:<12} {i.name} {i.id}".rstrip() for i in items] or ["nothing to sweep"]
+    emit([i.as_dict() for i in items], as_json, "\n".join(lines))
+    if any(i.action.startswith("failed") for i in items):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("smoke")(smoke_cmd)
+    app.command("sweep")(sweep_cmd)

@@ -1,0 +1,155 @@
+"""`fedi smoke`: the whole path on the test engine, teardown on success, failure, SIGTERM and timeout.
+
+The host configuration and health steps need a real server; here they are recording stand-ins
+(the same ones tests/test_lifecycle.py uses), so these tests cover smoke's own logic: the
+ordering, the always-teardown, the signal handling and the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from provision import lifecycle, smoke
+from provision.errors import HealthError
+from provision.health import Check, HealthReport, Target
+from provision.offline import OfflineEngine
+from provision.providers.hetzner import HetznerProvider
+from tests.stack_fixtures import isolate, spec_of
+from tests.test_lifecycle import Recorder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def provider(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+    return HetznerProvider(engine=OfflineEngine())
+
+
+def eph():
+    return spec_of(domain="t1a2b3c.smoke.example.org", ephemeral=True, ttl_hours=2, size="tiny")
+
+
+def healthy(spec, outputs, progress):
+    target = Target(spec.domain, spec.app, address=outputs.access.address)
+    names = ("https", "http-redirect", "nodeinfo", "api", "webfinger")
+    return HealthReport(target, tuple(Check(n, True, "fine") for n in names))
+
+
+def test_a_passing_run_checks_everything_and_tears_down(provider):
+    steps = replace(Recorder().steps(), health=healthy)
+    report = smoke.run(eph(), provider, lambda _l: None, timeout=60, steps=steps)
+    assert report.ok, report.text()
+    assert [s.name for s in report.steps] == [
+        "provision",
+        "https",
+        "http-redirect",
+        "nodeinfo",
+        "api",
+        "webfinger",
+        "teardown",
+    ]
+    assert provider.engine.stack_names() == []
+    assert not lifecycle.bundle_dir(eph().stack_name).exists()
+
+
+def test_a_failing_health_check_still_tears_down(provider):
+    def unhealthy(spec, outputs, progress):
+        raise HealthError("not healthy after 600s: nodeinfo (HTTP 502)")
+
+    report = smoke.run(
+        eph(), provider, lambda _l: None, timeout=60, steps=replace(Recorder().steps(), health=unhealthy)
+    )
+    assert not report.ok
+    assert [(s.name, s.ok) for s in report.steps] == [("health", False), ("teardown", True)]
+    assert provider.engine.stack_names() == []
+
+
+def test_sigterm_in_the_middle_of_provisioning_tears_down(provider):
+    def cancelled(access, bundle, runtime, progress):
+        os.kill(os.getpid(), signal.SIGTERM)  # what a CI runner sends when the job is cancelled
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    report = smoke.run(
+        eph(), provider, lambda _l: None, timeout=60, steps=replace(Recorder().steps(), configure=cancelled)
+    )
+    assert report.error == "interrupted by SIGTERM"
+    assert report.teardown_ok and not report.ok
+    assert provider.engine.stack_names() == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_timeout_tears_down(provider):
+    def stuck(access, bundle, runtime, progress):
+        for _ in range(200):  # bounded: the 0.2 s timer interrupts this long before it ends
+            time.sleep(0.05)
+        raise AssertionError("the timeout did not fire")
+
+    report = smoke.run(
+        eph(), provider, lambda _l: None, timeout=0.2, steps=replace(Recorder().steps(), configure=stuck)
+    )
+    assert report.error == "the smoke run hit its timeout"
+    assert report.teardown_ok
+    assert provider.engine.stack_names() == []
+
+
+def test_smoke_refuses_a_non_ephemeral_stack(provider):
+    from provision.errors import ProvisionError
+
+    with pytest.raises(ProvisionError, match="ephemeral"):
+        smoke.run(spec_of(), provider, lambda _l: None, timeout=60)
+
+
+def test_junit_report_is_valid_xml_with_one_case_per_step():
+    report = smoke.SmokeReport("s", "d.example.org", "lemmy", "tiny")
+    report.steps = [
+        smoke.Step("provision", True, "ok"),
+        smoke.Step("api", False, "HTTP 500"),
+        smoke.Step("teardown", True, "gone"),
+    ]
+    suite = ET.fromstring(report.junit())
+    assert suite.tag == "testsuite" and suite.get("tests") == "3" and suite.get("failures") == "1"
+    failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["api"]
+
+
+def test_fedi_smoke_without_pulumi_fails_cleanly_and_reports_it(tmp_path):
+    """The real command: preflight fails, nothing was created, teardown confirms it, exit code 1."""
+    env = {k: v for k, v in os.environ.items() if k != "HCLOUD_TOKEN" and not k.startswith("PULUMI_")}
+    (tmp_path / "bin").mkdir()
+    env.update(
+        PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        HOME=str(tmp_path / "home"),
+        FEDI_STATE_DIR=str(tmp_path / "state"),
+        FEDI_CONFIG_DIR=str(tmp_path / "config"),
+        FEDI_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT),
+    )
+    junit = tmp_path / "smoke.xml"
+    args = ["smoke", "--software", "lemmy", "--size", "tiny", "--domain", "smoke.example.org"]
+    run = subprocess.run(
+        [sys.executable, "-m", "provision.cli", *args, "--junit", str(junit), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    data = json.loads(run.stdout)
+    assert data["ok"] is False and data["teardown_ok"] is True
+    assert "Pulumi CLI is not installed" in data["error"]
+    assert data["domain"].endswith(".smoke.example.org") and data["domain"] != "smoke.example.org"
+    assert ET.parse(junit).getroot().get("failures") == "1"
+    assert "Traceback" not in run.stderr
