@@ -110,7 +110,7 @@ class MbinTuning:
 
     php_workers: int  # php-fpm pm.max_children (~64 MB each, mbin's FPM tuning guide)
     messenger_workers: int  # `messenger:consume` processes (~128 MB each)
-    queue_transport: str  # doctrine (Postgres) on small sizes, amqp (RabbitMQ from Debian) on larger
+    queue_transport: str  # amqp (RabbitMQ from Debian): the only transport mbin's messenger.yaml works with
     rabbitmq_mb: int  # RabbitMQ vm_memory_high_watermark in MB (0 = not deployed)
 
 
@@ -224,9 +224,11 @@ _LEMMY = {
 
 # mbin: docs (minimum 2 cores / 4 GB, recommended 4 cores / 8 GB), its FPM tuning guide and
 # docker/compose example (php workers, messenger `--limit` workers), RabbitMQ for larger instances.
+# RabbitMQ on every size: mbin's config/packages/messenger.yaml gives each transport AMQP-only options
+# (queues, exchange), which Symfony's Doctrine and Redis transports reject ("Unknown option found").
 _MBIN = {
-    "tiny": MbinTuning(8, 2, "doctrine", 0),
-    "small": MbinTuning(16, 3, "doctrine", 0),
+    "tiny": MbinTuning(8, 2, "amqp", 256),
+    "small": MbinTuning(16, 3, "amqp", 384),
     "medium": MbinTuning(32, 6, "amqp", 512),
     "large": MbinTuning(64, 12, "amqp", 1024),
 }
