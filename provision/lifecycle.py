@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import paths
-from provision.errors import Aborted, BackupError
+from provision.errors import Aborted, BackupError, ProvisionError
 from provision.model import Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
 from provision.sizing import Sizing, size_for, sizing
@@ -150,6 +150,14 @@ def _plan_bundle(spec, sz, secrets, provider, out: Path, steps: Steps) -> Bundle
     return steps.render(spec, sz, secrets, storage, out / "bundle")
 
 
+def _exists(provider: Provider, stack: str) -> bool:
+    try:
+        provider.outputs(stack)
+    except ProvisionError:
+        return False
+    return True
+
+
 def _takes(fn: Callable[..., Any], name: str) -> bool:
     import inspect
 
@@ -168,10 +176,14 @@ def up(
     provider.preflight(spec)
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
+    existed = _exists(provider, spec.stack_name)
     secrets = provider.secrets(spec)
     progress("rendering the bundle")
     bundle = render(spec, sz, secrets, provider, steps)
     if confirm is not None and not confirm(provider.plan(spec, sz, bundle), cost):
+        if not existed:  # forget the secrets just stored: the backend is left as it was
+            provider.down(spec.stack_name, lambda _line: None)
+            shutil.rmtree(bundle.root, ignore_errors=True)
         raise Aborted("nothing was created")
     progress(f"provisioning {spec.stack_name} on {provider.name}")
     outputs = provider.up(spec, sz, bundle, progress)

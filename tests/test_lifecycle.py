@@ -88,6 +88,15 @@ def test_up_asks_first_and_creates_nothing_when_declined(provider):
     plan, _ = shown[0]
     assert any(r.type.endswith("server:Server") for r in plan.resources)
     assert rec.calls == [] and provider.stacks() == []
+    assert provider.engine.stack_names() == []  # not even the generated secrets are left behind
+    assert not lifecycle.bundle_dir("social-example-org").exists()
+
+
+def test_declining_a_re_run_leaves_the_existing_stack_alone(provider):
+    lifecycle.up(spec_of(), provider, lambda _l: None, steps=Recorder().steps())
+    with pytest.raises(Aborted):
+        lifecycle.up(spec_of(), provider, lambda _l: None, confirm=lambda p, c: False, steps=Recorder().steps())
+    assert [s.stack for s in provider.stacks()] == ["social-example-org"]
 
 
 def test_up_stops_at_preflight_when_something_is_missing(monkeypatch, tmp_path):
