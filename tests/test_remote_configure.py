@@ -61,9 +61,10 @@ SITE_YML = """\
       notify: Reload sshd
     - name: Publish the new public key
       ansible.builtin.copy:
-        src: "{{ test_new_key }}.pub"
+        src: "{{ test_published_key | default(test_new_key) }}.pub"
         dest: "{{ test_root }}/host_key.pub"
         mode: "0644"
+      when: not (test_no_publish | default(false))
     - name: Fail on request
       ansible.builtin.fail:
         msg: "cannot reach the database with {{ fedi_db_password }}"
@@ -191,3 +192,25 @@ def test_configure_with_a_different_pinned_key_uploads_nothing(sshd: Sshd, tmp_p
     assert not Path(layout.root).exists()
     assert staging_dirs() == before
     assert "Accepted publickey" not in sshd.log()
+
+
+def test_a_published_key_that_sshd_does_not_serve_is_an_error(sshd: Sshd, tmp_path: Path) -> None:
+    bundle, ansible, layout, runtime, _ = setup(tmp_path, sshd)
+    keypair(tmp_path / "unrelated")
+    runtime["test_published_key"] = str(tmp_path / "unrelated")  # what the server claims is not what it serves
+    with pytest.raises(RemoteError) as err:
+        configure(
+            sshd.access, bundle, runtime, lambda _: None, layout=layout, log_dir=tmp_path / "l", ansible_dir=ansible
+        )
+    assert err.value.message.startswith(f"the playbook wrote a new host key to {layout.host_key_file} but sshd on ")
+    assert "does not present it" in err.value.message
+
+
+def test_a_playbook_that_does_not_rotate_the_key_is_an_error(sshd: Sshd, tmp_path: Path) -> None:
+    bundle, ansible, layout, runtime, _ = setup(tmp_path, sshd)
+    runtime["test_no_publish"] = True
+    with pytest.raises(RemoteError) as err:
+        configure(
+            sshd.access, bundle, runtime, lambda _: None, layout=layout, log_dir=tmp_path / "l", ansible_dir=ansible
+        )
+    assert err.value.message.startswith(f"the playbook did not write {layout.host_key_file} on 127.0.0.1: ")

@@ -21,7 +21,7 @@ from provision.errors import RemoteError
 from provision.model import Bundle, HostAccess
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
-from provision.remote.session import connect, parse_host_key, wait_for_ssh
+from provision.remote.session import HostKeyMismatch, connect, parse_host_key, wait_for_ssh
 from provision.remote.upload import put_private, put_tree
 
 Progress = Callable[[str], None]
@@ -151,6 +151,12 @@ def configure(
     parse_host_key(host_key)
     progress(f"playbook done on {access.address}: changed={out.changed} failed={out.failed}")
     if verify_rotation and host_key != " ".join(access.host_key.split()[:2]):
-        wait_for_ssh(replace(access, host_key=host_key), timeout=60)  # the server now shows the new key
+        try:  # the server must now show the new key (sshd reloads in a handler; allow it a moment)
+            wait_for_ssh(replace(access, host_key=host_key), timeout=60)
+        except HostKeyMismatch:
+            raise RemoteError(
+                f"the playbook wrote a new host key to {layout.host_key_file} but sshd on {access.address} "
+                f"does not present it (was sshd reloaded?); full log: {log_path}"
+            ) from None
         progress(f"{access.address} presents its new host key")
     return ConfigureResult(host_key=host_key, changed=out.changed, failed=out.failed, log_path=log_path)
