@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -365,3 +369,31 @@ def test_no_port_listening_is_a_clear_connect_failure(pki: dict[str, Any]) -> No
 def test_the_module_never_turns_verification_off() -> None:
     source = Path(health.__file__).read_text()
     assert "verify=False" not in source and "CERT_NONE" not in source and "check_hostname = False" not in source
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_checks_run_from_inside_a_network_namespace(pki: dict[str, Any]) -> None:
+    from provision.remote.netns import call_in_netns
+
+    holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 300"])
+    servers: list[ThreadingHTTPServer] = []
+    try:
+        netns = f"/proc/{holder.pid}/ns/net"
+        for _ in range(100):  # bounded: until lo is up inside the new namespace
+            probe = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link", "show", "lo"], capture_output=True)
+            if b"UP" in probe.stdout.split(b"mtu")[0]:
+                break
+            time.sleep(0.05)
+        s = Site(routes=app_routes("lemmy"))
+        servers = call_in_netns(netns, lambda: serve(s, *pki["ca"].issue(pki["tmp"], DOMAIN)))
+        t = target(s, pki, "lemmy")
+        outside = health.check(t, timeout=2)
+        assert not outside.ok and outside.checks[0].detail.startswith("cannot connect")
+        inside = health.check(replace(t, netns=netns), timeout=5)
+        assert inside.ok, inside.line()
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        holder.kill()
+        holder.wait()
