@@ -16,6 +16,7 @@ _EXPORTS = {
     "HostKeyMismatch": "session",
     "Session": "session",
     "connect": "session",
+    "connect_when_ready": "session",
     "run": "session",
     "wait_for_ssh": "session",
     "interactive_shell": "shell",

@@ -21,7 +21,7 @@ from provision.errors import RemoteError
 from provision.model import Bundle, HostAccess
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
-from provision.remote.session import HostKeyMismatch, connect, parse_host_key, wait_for_ssh
+from provision.remote.session import HostKeyMismatch, connect_when_ready, parse_host_key, wait_for_ssh
 from provision.remote.upload import put_private, put_tree
 
 Progress = Callable[[str], None]
@@ -106,9 +106,10 @@ def configure(
     log_dir: Path | None = None,
     ansible_dir: Path | None = None,
     timeout: float = 3600,
+    ssh_timeout: float = 300,
     verify_rotation: bool = True,
 ) -> ConfigureResult:
-    """Upload, run the playbook as root, read and verify the rotated host key."""
+    """Wait for SSH (``ssh_timeout``), upload, run the playbook as root (``timeout``), pin-check the rotated key."""
     layout = layout or commands.Layout()
     redact = Redactor(secret_values(bundle) | {str(v) for k, v in runtime.items() if _SECRET_KEY.search(k)})
     runtime_text = json.dumps(runtime, indent=2, sort_keys=True) + "\n"  # JSON is YAML: -e @runtime.yml reads it
@@ -123,7 +124,7 @@ def configure(
             progress(shown)
 
     try:
-        with connect(access) as session:
+        with connect_when_ready(access, ssh_timeout) as session:
             staging = session.check(commands.staging_argv()).strip()
             try:
                 files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")

@@ -208,6 +208,11 @@ def connect(access: HostAccess, *, timeout: float = 20) -> Session:
     return Session(access, client)
 
 
+def connect_when_ready(access: HostAccess, timeout: float = 300, *, attempt_timeout: float = 10) -> Session:
+    """Connect, waiting for a booting server: see :func:`wait_for_ssh`. Returns the open session."""
+    return _wait(access, timeout, attempt_timeout)[0]
+
+
 def wait_for_ssh(access: HostAccess, timeout: float = 300, *, attempt_timeout: float = 10) -> int:
     """Wait until the server accepts our pinned, authenticated connection; return the number of attempts.
 
@@ -215,6 +220,12 @@ def wait_for_ssh(access: HostAccess, timeout: float = 300, *, attempt_timeout: f
     authorized) with exponential backoff, until ``timeout`` seconds have passed. A host key mismatch is
     never retried: it fails at once.
     """
+    session, attempts = _wait(access, timeout, attempt_timeout)
+    session.close()
+    return attempts
+
+
+def _wait(access: HostAccess, timeout: float, attempt_timeout: float) -> tuple[Session, int]:
     parse_host_key(access.host_key)  # a missing or bad pin fails now, not after the timeout
     _client_key(access.client_key)
     deadline = time.monotonic() + timeout
@@ -223,8 +234,7 @@ def wait_for_ssh(access: HostAccess, timeout: float = 300, *, attempt_timeout: f
         attempts += 1
         remaining = deadline - time.monotonic()
         try:
-            with connect(access, timeout=max(0.5, min(attempt_timeout, remaining))):
-                return attempts
+            return connect(access, timeout=max(0.5, min(attempt_timeout, remaining))), attempts
         except HostKeyMismatch:
             raise
         except RemoteError as exc:
