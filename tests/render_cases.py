@@ -47,9 +47,13 @@ def _root() -> Path:
     return _ROOT or Path(tempfile.mkdtemp(prefix="fedi-bundles-"))
 
 
-@cache
 def rendered(software: str, size: str, variant: str = "plain") -> tuple[Bundle, dict[str, str]]:
     """variant: plain (hetzner, no bucket, no smtp) | storage (bucket + smtp) | local | ephemeral."""
+    return _rendered(software, size, variant)  # one cache key per bundle directory
+
+
+@cache
+def _rendered(software: str, size: str, variant: str) -> tuple[Bundle, dict[str, str]]:
     flags = {"software": software, "size": size, "domain": DOMAIN}
     config: dict = {}
     if variant == "storage":

@@ -96,8 +96,8 @@ def _listeners_and_targets(bundle, software: str) -> Net:
         assert php["CADDY_SERVER_EXTRA_DIRECTIVES"] == "bind 127.0.0.1"
         port = int(env["SERVER_NAME"].lstrip(":"))
         net.listens.add(("127.0.0.1", port))
-        admin = re.search(r"admin (\S+)", php["CADDY_GLOBAL_OPTIONS"]).group(1)
-        net.listens.add(tuple(_hostport(admin)))
+        assert php["CADDY_GLOBAL_OPTIONS"] == "auto_https off"
+        net.listens.add(tuple(_hostport(php["CADDY_ADMIN"])))
         net.target(".env DATABASE_URL", env["DATABASE_URL"])
         net.target(".env REDIS_DNS", env["REDIS_DNS"])
         net.target(".env MERCURE_URL", env["MERCURE_URL"])
