@@ -20,6 +20,7 @@ def test_ansible_argv_is_the_contract_run_through_sudo() -> None:
     assert commands.ansible_argv(LAYOUT, "fedi") == [
         "sudo",
         "-n",
+        "-H",
         "--",
         "env",
         "ANSIBLE_NOCOLOR=1",
@@ -27,6 +28,7 @@ def test_ansible_argv_is_the_contract_run_through_sudo() -> None:
         "ANSIBLE_RETRY_FILES_ENABLED=0",
         "ANSIBLE_STDOUT_CALLBACK=default",
         "PYTHONUNBUFFERED=1",
+        "LC_ALL=C.UTF-8",
         "ansible-playbook",
         "-c",
         "local",
@@ -47,8 +49,8 @@ def test_root_needs_no_sudo() -> None:
 
 def test_install_replaces_trees_whole_and_runtime_is_private() -> None:
     cmds = commands.install_argvs(LAYOUT, "/tmp/fedi-upload.abc", "fedi")
-    assert all(c[:3] == ["sudo", "-n", "--"] for c in cmds)
-    plain = [c[3:] for c in cmds]
+    assert all(c[:4] == ["sudo", "-n", "-H", "--"] for c in cmds)
+    plain = [c[4:] for c in cmds]
     assert plain[:2] == [["mkdir", "-p", "/opt/fedi"], ["chmod", "0755", "/opt/fedi"]]
     assert plain[2:7] == [
         ["rm", "-rf", "/opt/fedi/bundle.new"],
@@ -138,7 +140,8 @@ JOURNAL = ["journalctl", "--no-pager", "-n", "50"]
 )  # fmt: skip
 def test_logs_argv(service: str | None, follow: bool, expected: list[str]) -> None:
     assert commands.logs_argv(service, follow=follow, lines=50, layout=LAYOUT, user="root") == expected
-    assert commands.logs_argv(service, follow=follow, lines=50, layout=LAYOUT, user="fedi")[:3] == ["sudo", "-n", "--"]
+    as_fedi = commands.logs_argv(service, follow=follow, lines=50, layout=LAYOUT, user="fedi")
+    assert as_fedi == ["sudo", "-n", "-H", "--", *expected]
 
 
 @pytest.mark.parametrize("bad", ["Web", "web;rm -rf /", "-f", "", "a" * 80])

@@ -47,12 +47,13 @@ ANSIBLE_ENV = (
     "ANSIBLE_RETRY_FILES_ENABLED=0",
     "ANSIBLE_STDOUT_CALLBACK=default",
     "PYTHONUNBUFFERED=1",
+    "LC_ALL=C.UTF-8",  # ansible insists on a UTF-8 locale; English messages for the parser
 )
 
 
 def privileged(argv: list[str], user: str) -> list[str]:
-    """Run as root: through passwordless, non-interactive sudo unless we already are root."""
-    return list(argv) if user == "root" else ["sudo", "-n", "--", *argv]
+    """Run as root: through passwordless, non-interactive sudo (with root's HOME) unless we already are root."""
+    return list(argv) if user == "root" else ["sudo", "-n", "-H", "--", *argv]
 
 
 def ansible_argv(layout: Layout, user: str) -> list[str]:
