@@ -115,6 +115,23 @@ def env_quote(value: Any) -> str:
     return f"'{text}'"
 
 
+def _check_storage(storage: ObjectStorage | None) -> None:
+    if storage is None:
+        return
+    from urllib.parse import urlsplit
+
+    from provision.errors import ValidationError
+
+    url = urlsplit(storage.endpoint)
+    if url.scheme != "https" or not url.hostname or url.path.strip("/"):
+        raise ValidationError("storage/endpoint", f"{storage.endpoint!r} must be an https:// URL without a path")
+    for field in ("media_bucket", "backups_bucket", "region", "access_key", "secret_key"):
+        if not getattr(storage, field):
+            raise ValidationError(f"storage/{field}", "is required")
+    if storage.media_bucket == storage.backups_bucket:
+        raise ValidationError("storage/backups_bucket", "must not be the media bucket")
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"out: {out} exists and is not a directory")
@@ -132,6 +149,7 @@ def render_bundle(
     """Write the complete bundle into ``out`` (a new or empty directory) and return what was written."""
     out = Path(out)
     _check_out(out)
+    _check_storage(storage)
     root = templates_dir()
     env = _environment(root)
     context = build_context(spec, sizing, secrets, storage)

@@ -324,3 +324,23 @@ def test_env_quote():
     assert q("two words") == "'two words'" and q("^https://x\\.org$") == "'^https://x\\.org$'"
     with pytest.raises(ValueError):
         q("it's")
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"endpoint": "fsn1.your-objectstorage.com"}, "storage/endpoint"),
+        ({"endpoint": "http://fsn1.your-objectstorage.com"}, "storage/endpoint"),
+        ({"backups_bucket": STORAGE.media_bucket}, "storage/backups_bucket"),
+        ({"secret_key": ""}, "storage/secret_key"),
+    ],
+)
+def test_bad_storage_is_refused_before_writing(change, path, tmp_path):
+    import dataclasses
+
+    spec = build_spec({"software": "mastodon", "size": "tiny", "domain": DOMAIN})
+    storage = dataclasses.replace(STORAGE, **change)
+    with pytest.raises(UsageError, match=f"^{path}:") as info:
+        bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), storage, tmp_path / "out")
+    assert STORAGE.secret_key not in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -121,3 +121,43 @@ def test_render_imports_no_cloud_sdk(tmp_path):
         heavy = sorted(m for m in imported if m.split(".")[0] in ("pulumi", "pulumi_hcloud", "paramiko", "boto3"))
         assert heavy == [], f"{argv}: imports {heavy[:5]}"
     assert "jinja2" in imported  # the render did run (and was measured)
+
+
+def test_installed_wheel_renders_from_another_directory(tmp_path):
+    """A non-editable install (the wheel unpacked into a target dir) renders with its own templates."""
+    wheels, target, elsewhere = tmp_path / "w", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)]
+    )
+    if built.returncode != 0 and "hatchling" in built.stderr:
+        built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", str(ROOT), "-w", str(wheels)])
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("fedi-*.whl")
+    installed = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)])
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    code = (
+        "import sys, provision, provision.resources as r; "
+        f"assert provision.__file__.startswith({str(target)!r}), provision.__file__; "
+        "assert '/_data/' in str(r.templates_dir()), r.templates_dir(); "
+        "from provision.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)  # the installed copy first; dependencies from this interpreter's site
+    for software in ("mastodon", "lemmy", "kbin"):
+        out = elsewhere / software
+        argv = [
+            "render",
+            "--software",
+            software,
+            "--size",
+            "small",
+            "--domain",
+            "social.example.org",
+            "--out",
+            str(out),
+        ]
+        result = _run([sys.executable, "-c", code, *argv], env=env, cwd=elsewhere)
+        assert result.returncode == 0, result.stderr[-2000:]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert all((out / rel).is_file() for rel in manifest["files"].values())

@@ -45,6 +45,15 @@ def test_caddy_validates(software, size, variant, tmp_path):
     assert "Valid configuration" in result.stdout + result.stderr
 
 
+def test_a_missing_reader_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not installed"):
+        tool("no-such-reader-fedi")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        tool("no-such-reader-fedi")
+
+
 def test_caddy_validate_can_fail(tmp_path):
     broken = tmp_path / "Caddyfile"
     broken.write_text("social.example.org {\n\tnot_a_directive 127.0.0.1:3000\n}\n")
