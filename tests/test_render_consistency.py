@@ -228,7 +228,7 @@ def test_limits_agree(software, size):
     bundle, _ = rendered(software, size)
     s = sizing(build_spec({"software": software, "size": size, "domain": DOMAIN}))
     limit = s.upload_limit_mb
-    caddy_mb = int(re.search(r"max_size (\d+)MB", read(bundle, "proxy")).group(1))
+    caddy_mb = int(re.search(r"max_size (\d+)MiB", read(bundle, "proxy")).group(1))
     assert limit <= caddy_mb <= limit + 1
     assert yaml.safe_load(read(bundle, "ansible-vars"))["fedi_upload_limit_mb"] == limit
     pg = _conf_lines(read(bundle, "postgres"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from render_cases import COMBOS, read, rendered, tool
+from render_cases import COMBOS, dotenv, read, rendered, tool
 
 VARIANTS = [(sw, size, "plain") for sw, size in COMBOS] + [
     (sw, "medium", variant) for sw in ("mastodon", "lemmy", "kbin") for variant in ("storage", "local", "ephemeral")
@@ -58,6 +58,67 @@ def test_caddy_validate_can_fail(tmp_path):
     broken = tmp_path / "Caddyfile"
     broken.write_text("social.example.org {\n\tnot_a_directive 127.0.0.1:3000\n}\n")
     assert _caddy_validate(broken, tmp_path).returncode != 0
+
+
+def _walk(node, key: str):
+    """Every value stored under ``key`` anywhere in Caddy's adapted JSON."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from _walk(v, key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item, key)
+
+
+def _routes_by_path(node, found: dict) -> dict:
+    """path matcher -> upstream dials of the reverse_proxy under it (Mastodon's streaming route)."""
+    if isinstance(node, dict):
+        paths = [p for m in node.get("match", []) for p in m.get("path", [])]
+        if paths and "handle" in node:
+            dials = sorted(set(_walk(node["handle"], "dial")))
+            for path in paths:
+                found[path] = dials
+        for v in node.values():
+            _routes_by_path(v, found)
+    elif isinstance(node, list):
+        for item in node:
+            _routes_by_path(item, found)
+    return found
+
+
+@pytest.mark.parametrize(("software", "size"), COMBOS)
+def test_caddy_json_proxies_to_exactly_the_app_processes(software, size, tmp_path):
+    """`caddy adapt` gives Caddy's own reading of the Caddyfile: check upstreams, limits, TLS."""
+    bundle, _ = rendered(software, size)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "d")}
+    result = _run([tool("caddy"), "adapt", "--adapter", "caddyfile", "--config", str(bundle.path("proxy"))], env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    conf = json.loads(result.stdout)
+    server = conf["apps"]["http"]["servers"]["srv0"]
+    assert server["listen"] == [":443"]
+    assert "automatic_https" not in server  # automatic HTTPS with its HTTP->HTTPS redirect, not disabled
+    assert list(_walk(server, "host")) == [["social.example.org"]]
+    dials = set(_walk(server, "dial"))
+    compose = yaml.safe_load(read(bundle, "compose"))["services"]
+    if software == "mastodon":
+        web = {f"127.0.0.1:{compose['web']['environment']['PORT']}"}
+        streaming = {f"127.0.0.1:{s['environment']['PORT']}" for n, s in compose.items() if n.startswith("streaming")}
+        assert dials == web | streaming
+        assert set(_routes_by_path(server, {})["/api/v1/streaming*"]) == streaming
+    elif software == "lemmy":
+        ui = compose["lemmy-ui"]["environment"]
+        assert dials == {ui["LEMMY_UI_HOST"], ui["LEMMY_UI_LEMMY_INTERNAL_HOST"]}
+        routes = _routes_by_path(server, {})
+        assert routes["/api/*"] == routes["/pictrs/*"] == [ui["LEMMY_UI_LEMMY_INTERNAL_HOST"]]
+    else:
+        assert dials == {"127.0.0.1:" + dotenv(read(bundle, "app-config"))["SERVER_NAME"].lstrip(":")}
+    (max_size,) = _walk(server, "max_size")
+    limit = yaml.safe_load(read(bundle, "ansible-vars"))["fedi_upload_limit_mb"]
+    assert limit * 1024 * 1024 < max_size <= (limit + 1) * 1024 * 1024
+    headers = next(_walk(server, "response"))["set"]
+    assert {"Strict-Transport-Security", "X-Content-Type-Options", "Referrer-Policy"} <= set(headers)
 
 
 # --- Compose -----------------------------------------------------------------------------------
