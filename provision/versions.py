@@ -6,9 +6,10 @@ Checked in late November 2026; the source of each pin is written beside it.
 
 from __future__ import annotations
 
-# Mastodon: github.com/mastodon/mastodon/releases (v4.7.x is the current stable line; the
-# official images are ghcr.io/mastodon/mastodon and, since 4.3, ghcr.io/mastodon/mastodon-streaming).
-MASTODON = "v4.7.3"
+# Mastodon: the newest release confirmed from the project itself: mastodon/mastodon PR #40517 "Bump
+# version to v4.7.2" and mastodon/chart PR #248 "Update mastodon app to v4.7.2" (4.7 is the current
+# stable line). Official images: ghcr.io/mastodon/mastodon and, since 4.3, ghcr.io/mastodon/mastodon-streaming.
+MASTODON = "v4.7.2"
 
 # Lemmy: github.com/LemmyNet/lemmy tags (0.19.20, July 2026, is the newest stable; 1.0.0 is still in beta)
 # and lemmy-ansible's VERSION file (0.19.20), which pins lemmy and lemmy-ui to the same version.
