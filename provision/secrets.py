@@ -128,7 +128,7 @@ def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
         out.update(
             {
                 "rabbitmq_password": alnum(32),
-                # Symfony's APP_SECRET: 32 hex characters, as `bin/console secrets:generate-keys`-era docs use.
+                # Symfony's APP_SECRET: 32 hex characters, the form Symfony's own recipe generates.
                 "mbin_app_secret": secrets.token_hex(16),
                 "mbin_oauth_passphrase": passphrase,
                 "mbin_oauth_private_key": oauth_private,
