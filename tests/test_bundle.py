@@ -344,3 +344,25 @@ def test_bad_storage_is_refused_before_writing(change, path, tmp_path):
         bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), storage, tmp_path / "out")
     assert STORAGE.secret_key not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "enabled", "approval"),
+    [("open", "true", "false"), ("approval", "true", "true"), ("closed", "false", "false")],
+)
+def test_registrations_mode(mode, enabled, approval, tmp_path):
+    spec = build_spec({"software": "kbin", "size": "tiny", "domain": DOMAIN}, {"registrations": mode})
+    bundle = bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    env = dotenv(read(bundle, "app-config"))
+    assert (env["KBIN_REGISTRATIONS_ENABLED"], env["MBIN_NEW_USERS_NEED_APPROVAL"]) == (enabled, approval)
+    # Mastodon and Lemmy keep it in the database: the playbook applies fedi_registrations
+    assert yaml.safe_load(read(bundle, "ansible-vars"))["fedi_registrations"] == mode
+
+
+def test_unicode_domain_is_rendered_in_its_ascii_form(tmp_path):
+    spec = build_spec({"software": "mastodon", "size": "tiny", "domain": "Bücher.Example.org"})
+    bundle = bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    assert bundle.manifest["domain"] == "xn--bcher-kva.example.org"
+    assert dotenv(read(bundle, "app-config"))["LOCAL_DOMAIN"] == "xn--bcher-kva.example.org"
+    assert "\nxn--bcher-kva.example.org {\n" in read(bundle, "proxy")
+    assert "ü" not in "".join((bundle.root / rel).read_text() for rel in bundle.manifest["files"].values())
