@@ -227,3 +227,16 @@ def announce(spec: Any, report: Any, provider: Any, *, base_url: str | None = No
             raise MissingPrerequisite(f"no admin password in the secrets of stack {spec.stack_name}")
         return post_lemmy(base_url, spec.admin_username, password, funding_text(report), verify=verify)
     return post_mbin(base_url, funding_text(report), verify=verify)
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Check fedi.toml's [hooks] and (if present) [coop] at the edge, before anything is created.
+
+    Raises ValidationError with the bad key's path (``hooks/urls[0]: ...``, ``coop/dues: ...``).
+    """
+    from provision.dues import parse_coop
+    from provision.hooks import parse_hooks
+
+    parse_hooks(config)
+    if "coop" in config:
+        parse_coop(config["coop"])

@@ -250,3 +250,14 @@ def test_announce_mastodon_runs_the_command_over_the_stack_access():
 
     with pytest.raises(HookError, match="RecordInvalid"):
         coop.announce(_spec("mastodon"), report(), Stack(), run=failing)
+
+
+def test_validate_config_at_the_edge():
+    from provision.errors import ValidationError
+
+    coop.validate_config({})
+    coop.validate_config({"hooks": {"urls": ["https://books.example.coop/h"]}, "coop": {"dues": 5}})
+    with pytest.raises(ValidationError, match=r"^hooks/urls\[0\]"):
+        coop.validate_config({"hooks": {"urls": ["books.example.coop"]}})
+    with pytest.raises(ValidationError, match="^coop/period"):
+        coop.validate_config({"coop": {"dues": 5, "period": "weekly"}})
