@@ -303,3 +303,13 @@ def test_verify_rejects_non_text_and_non_json_bodies():
     with pytest.raises(hooks.SignatureError, match="UTF-8"):
         hooks.verify_signature(SECRET, headers, b"\xff\xfe")
     assert hooks.deliver_pending() == hooks.DeliveryReport((), (), ())
+
+
+def test_one_delivering_process_at_a_time(receiver):
+    [msg_id] = hooks.emit("stack.created", DATA, config(receiver.url), deliver=False)
+    with hooks._outbox_lock() as locked:
+        assert locked
+        busy = hooks.deliver_pending(force=True)
+    assert busy.delivered == () and busy.errors == ("another fedi command is delivering the outbox",)
+    assert receiver.accepted == []
+    assert hooks.deliver_pending(force=True).delivered == (msg_id,)
