@@ -147,6 +147,8 @@ def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tupl
 
 def _plan_bundle(spec, sz, secrets, provider, out: Path, steps: Steps) -> Bundle:
     storage = provider.storage(spec) if hasattr(provider, "storage") else None
+    if storage is not None and not (storage.access_key and storage.secret_key):
+        storage = None  # no credentials yet: a plan still shows the buckets; `up` asks for them
     return steps.render(spec, sz, secrets, storage, out / "bundle")
 
 

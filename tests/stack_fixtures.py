@@ -47,10 +47,11 @@ def isolate(monkeypatch, tmp_path: Path) -> Path:
         "PULUMI_CONFIG_PASSPHRASE",
         "PULUMI_CONFIG_PASSPHRASE_FILE",
         "FEDI_PASSPHRASE",
-        "FEDI_S3_ACCESS_KEY",
-        "FEDI_S3_SECRET_KEY",
     ):
         monkeypatch.delenv(env, raising=False)
+    # Object Storage credentials as the Hetzner console issues them (made up: nothing talks to S3 here)
+    monkeypatch.setenv("FEDI_S3_ACCESS_KEY", "AKEXAMPLEEXAMPLE0001")
+    monkeypatch.setenv("FEDI_S3_SECRET_KEY", "SKexampleexampleexampleexampleexample0001")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")

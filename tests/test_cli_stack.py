@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fedi(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HCLOUD_TOKEN" and not k.startswith("PULUMI_")}
+    env = {k: v for k, v in os.environ.items() if k != "HCLOUD_TOKEN" and not k.startswith(("PULUMI_", "FEDI_"))}
     env.update(
         PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin",
         HOME=str(tmp_path / "home"),
@@ -55,6 +55,7 @@ def test_plan_works_offline_and_lists_everything_with_the_cost(tmp_path):
     plan = json.loads(run.stdout)
     assert plan["offline"] is True
     assert any("mocks" in n for n in plan["notes"])
+    assert any("FEDI_S3_ACCESS_KEY" in n for n in plan["notes"])  # no credentials here: up will ask for them
     kinds = [r["type"].split(":")[-1] for r in plan["resources"]]
     for kind in ("Server", "Firewall", "Volume", "VolumeAttachment", "SshKey"):
         assert kind in kinds

@@ -193,6 +193,8 @@ class HetznerProvider:
         notes = [zone_note] if zone_note else []
         if self.engine.offline:
             notes.insert(0, "offline plan: the real stack program ran under Pulumi's mocks (no token or no Pulumi CLI)")
+        if not (os.environ.get(S3_ACCESS_ENV) and os.environ.get(S3_SECRET_ENV)):
+            notes.append(f"`up` needs Object Storage credentials in ${S3_ACCESS_ENV} and ${S3_SECRET_ENV}")
         if cfg.volume_gb > sizing.volume_gb:
             notes.append(f"the volume stays at {cfg.volume_gb} GB (volumes never shrink)")
         return Plan(cfg.stack, self.name, tuple(resources), offline=self.engine.offline, notes=tuple(notes))
