@@ -42,9 +42,14 @@ _ROOT = Path(os.environ.get("FEDI_TEST_RENDER_DIR", "")) if os.environ.get("FEDI
 
 @cache
 def _root() -> Path:
+    import atexit
     import tempfile
 
-    return _ROOT or Path(tempfile.mkdtemp(prefix="fedi-bundles-"))
+    if _ROOT:
+        return _ROOT
+    root = Path(tempfile.mkdtemp(prefix="fedi-bundles-"))
+    atexit.register(shutil.rmtree, root, True)  # the bundles hold (test) secrets: leave nothing behind
+    return root
 
 
 def rendered(software: str, size: str, variant: str = "plain") -> tuple[Bundle, dict[str, str]]:
