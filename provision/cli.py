@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from typer._click.exceptions import ClickException as TyperClickException
 
 from provision.errors import FediError
 from provision.spec import KBIN_NOTE, InstanceSpec, build_spec, load_config, parse_ttl
@@ -30,6 +31,13 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+@app.callback()
+def _root() -> None:
+    # A group callback keeps `fedi render` a subcommand even while it is the only command registered.
+    pass
+
+
 # Options shared by every command that needs an instance spec. None = "not given": fedi.toml fills it.
 Software = Annotated[
     str | None,
@@ -44,7 +52,11 @@ Size = Annotated[
 ]
 Domain = Annotated[str | None, typer.Option(help="bare hostname, e.g. social.example.org", show_default=False)]
 Location = Annotated[
-    str | None, typer.Option(help="Hetzner location: fsn1, nbg1, hel1, ash, hil, sin", show_default=False)
+    str | None,
+    typer.Option(
+        help="Hetzner location: fsn1, nbg1 or hel1 (where the cx line and Object Storage are offered)",
+        show_default=False,
+    ),
 ]
 AdminEmail = Annotated[str | None, typer.Option(help="first admin's e-mail", show_default=False)]
 Provider = Annotated[
@@ -134,22 +146,22 @@ if __name__ != "__main__":  # `python -m provision.cli` registers on the importa
 def main(argv: list[str] | None = None) -> int:
     """The single error boundary of fedi."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="fedi")
+        rc = app(args=argv, standalone_mode=False, prog_name="fedi")  # click returns Exit codes here
     except FediError as err:
         typer.echo(f"fedi: {err.line()}", err=True)
         return err.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("fedi: aborted", err=True)
         return 130
     except KeyboardInterrupt:
         typer.echo("fedi: interrupted", err=True)
         return 130
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except (click.ClickException, TyperClickException) as exc:  # typer >= 0.2x vendors click
         exc.show()
         return exc.exit_code
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -33,14 +33,13 @@ SIZES: dict[str, tuple[int, int]] = {
     "large": (15000, 5000),
 }
 
-# Hetzner Cloud locations (https://docs.hetzner.com/cloud/general/locations/).
+# Hetzner Cloud locations (https://docs.hetzner.com/cloud/general/locations/) where both the cx server
+# line that sizing uses and Hetzner Object Storage (media and backup buckets) are offered: the EU ones.
+# ash, hil and sin have neither, so a stack there could not keep its media and backups beside it.
 LOCATIONS: dict[str, str] = {
     "fsn1": "Falkenstein, DE",
     "nbg1": "Nuremberg, DE",
     "hel1": "Helsinki, FI",
-    "ash": "Ashburn, VA, US",
-    "hil": "Hillsboro, OR, US",
-    "sin": "Singapore, SG",
 }
 PROVIDERS = ("hetzner", "local")
 REGISTRATIONS = ("open", "approval", "closed")
