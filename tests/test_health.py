@@ -397,3 +397,14 @@ def test_checks_run_from_inside_a_network_namespace(pki: dict[str, Any]) -> None
             server.server_close()
         holder.kill()
         holder.wait()
+
+
+def test_without_the_app_only_the_https_front_is_checked(site: Site, pki: dict[str, Any]) -> None:
+    site.routes = {"/": lambda: (502, "bad gateway")}  # Caddy in front of containers that were never started
+    assert not health.check(target(site, pki)).ok
+    report = health.check(target(site, pki, app_started=False))
+    assert report.ok, report.line()
+    assert [c.name for c in report.checks] == ["https", "http-redirect"]
+    assert "the app's containers are not started" in report.checks[0].detail
+    site.routes = {"/": lambda: (404, "no site here")}  # a wrong site still fails
+    assert not health.check(target(site, pki, app_started=False)).ok

@@ -250,3 +250,26 @@ def test_loop_item_failures_and_unparsable_payloads() -> None:
     )
     assert out.failures[0].task == "x : loop"
     assert out.failures[0].message == "no such unit"
+
+
+def test_secret_values_come_from_the_vars_and_every_env_file(tmp_path: Path) -> None:
+    from provision.model import Bundle
+    from provision.remote.configure import Redactor, secret_values
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "ansible-vars.yml").write_text(
+        'fedi_db_password: "db-pass-1234"\nfedi_domain: social.example.org\nfedi_valkey_password: ""\n'
+        "fedi_images: [ghcr.io/mastodon/mastodon:v4.7.3]\n"
+    )
+    (tmp_path / "app" / ".env.production").write_text(
+        "# SECRET_KEY_BASE=commented-out-value\nSECRET_KEY_BASE=abcdef0123456789\nLOCAL_DOMAIN=social.example.org\n"
+        "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY=primary-key-value\nVAPID_PRIVATE_KEY='vapid-private-key'\n"
+    )
+    (tmp_path / "backup" / "restic.env").write_text(
+        "RESTIC_PASSWORD=restic-pass-99\nAWS_ACCESS_KEY_ID=\nFEDI_APP=mastodon\n"
+    )
+    values = secret_values(Bundle(tmp_path, {"files": {}}, "", ""))
+    assert values == {"db-pass-1234", "abcdef0123456789", "primary-key-value", "vapid-private-key", "restic-pass-99"}
+    redact = Redactor(values)
+    assert redact("PGPASSWORD=db-pass-1234 host=social.example.org") == "PGPASSWORD=******** host=social.example.org"

@@ -55,11 +55,11 @@ def secret_values(bundle: Bundle) -> set[str]:
         import yaml  # PyYAML comes with pulumi and ansible-core
 
         walk(yaml.safe_load(vars_file.read_text()))
-    env_file = bundle.root / "backup" / "restic.env"
-    if env_file.is_file():
+    env_files = [p for p in bundle.root.rglob("*") if p.is_file() and p.name.endswith((".env", ".env.production"))]
+    for env_file in env_files:  # restic.env, Mastodon's .env.production, mbin's .env, pict-rs's env
         for line in env_file.read_text().splitlines():
             key, sep, value = line.partition("=")
-            if sep:
+            if sep and not key.lstrip().startswith("#"):
                 walk(value.strip().strip("'\""), key.strip())
     return values
 
