@@ -59,6 +59,7 @@ def health_target(spec: InstanceSpec, outputs: StackOutputs):
         http_port=int(extra.get("http_port", 80)),
         ca_bundle=Path(extra["ca_bundle"]) if extra.get("ca_bundle") else None,
         netns=outputs.access.netns,
+        app_started=bool(extra.get("start_app", True)),  # no containers: only the HTTPS front is checked
     )
 
 
