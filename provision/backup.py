@@ -1,0 +1,311 @@
+"""Operator-side backups: run the server's fedi-backup / fedi-restore over SSH and read their JSON.
+
+The server does the work (templates/backup/*.sh.j2, installed in /usr/local/sbin by the playbook);
+this module builds the commands as data (pure functions, tested as values), runs them through a
+``Runner`` (provision.remote.run by default) and turns their output into typed results.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provision.errors import BackupError, UsageError
+from provision.model import HostAccess, ObjectStorage
+
+SBIN = "/usr/local/sbin"
+ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's backup/restic.env (0600)
+SOURCE_ENV_FILE = "/etc/fedi/restic-source.env"  # another stack's repository settings, during --into only
+LAST_BACKUP = "/var/lib/fedi/last-backup"  # ISO 8601 UTC time of the last good backup (fedi status)
+LAST_SUMMARY = "/var/lib/fedi/last-backup.json"  # restic's summary of that run
+LOCAL_REPOSITORY = "/var/backups/fedi/restic"  # the repository without a backups bucket
+REPOSITORY_KEYS = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+BACKUP_TIMEOUT = 6 * 3600  # a oneshot unit on a large instance: hours, never unbounded
+
+Runner = Callable[[HostAccess, list[str]], tuple[int, str, str]]
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ---- restic.env ---------------------------------------------------------------------------------------
+
+
+def parse_env(text: str, source: str = "restic.env") -> dict[str, str]:
+    """KEY=value lines, read literally like the scripts' load_env (one layer of matching quotes removed).
+
+    Errors name the line, never its value (the file holds the repository password)."""
+    values: dict[str, str] = {}
+    for n, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise BackupError(f"{source}:{n}: not a KEY=value line")
+        key, value = line.split("=", 1)
+        if not _KEY.match(key):
+            raise BackupError(f"{source}:{n}: bad key")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def render_env(values: dict[str, str]) -> str:
+    for key, value in values.items():
+        if not _KEY.match(key) or "\n" in value or "\r" in value:
+            raise BackupError(f"{key}: cannot be written as one KEY=value line")
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
+def repository_env(restic_password: str, storage: ObjectStorage | None, repository: str | None = None) -> str:
+    """A stack's repository settings (the keys fedi-restore --from reads), from its secrets and storage."""
+    if repository is None:
+        repository = f"s3:{storage.endpoint.rstrip('/')}/{storage.backups_bucket}" if storage else LOCAL_REPOSITORY
+    return render_env(
+        {
+            "RESTIC_REPOSITORY": repository,
+            "RESTIC_PASSWORD": restic_password,
+            "AWS_ACCESS_KEY_ID": storage.access_key if storage else "",
+            "AWS_SECRET_ACCESS_KEY": storage.secret_key if storage else "",
+        }
+    )
+
+
+# ---- commands (data) ------------------------------------------------------------------------------------
+
+
+def privileged(argv: list[str], user: str = "fedi") -> list[str]:
+    """Root through non-interactive sudo, unless we log in as root."""
+    return list(argv) if user == "root" else ["sudo", "-n", "-H", "--", *argv]
+
+
+def backup_now_argv() -> list[str]:
+    # A Type=oneshot unit: `systemctl start` returns when the run has finished, non-zero if it failed.
+    return ["systemctl", "start", "fedi-backup.service"]
+
+
+def journal_argv(unit: str = "fedi-backup.service", lines: int = 15) -> list[str]:
+    return ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"]
+
+
+def last_summary_argv() -> list[str]:
+    return ["cat", LAST_BACKUP, LAST_SUMMARY]
+
+
+def list_argv() -> list[str]:
+    return [f"{SBIN}/fedi-backup", "list", "--json"]
+
+
+def verify_argv(snapshot: str = "latest") -> list[str]:
+    return [f"{SBIN}/fedi-restore", "verify", check_snapshot(snapshot)]
+
+
+def restore_argv(snapshot: str = "latest", *, safety: bool = True, source_env: str | None = None) -> list[str]:
+    argv = [f"{SBIN}/fedi-restore", check_snapshot(snapshot), "--yes"]
+    if not safety:
+        argv.append("--no-safety-snapshot")
+    if source_env:
+        argv += ["--from", source_env]
+    return argv
+
+
+def install_source_env_argv() -> list[str]:
+    """Write stdin to SOURCE_ENV_FILE, 0600 root (the password never appears in argv)."""
+    return ["install", "-D", "-m", "0600", "-o", "root", "-g", "root", "/dev/stdin", SOURCE_ENV_FILE]
+
+
+def remove_source_env_argv() -> list[str]:
+    return ["rm", "-f", SOURCE_ENV_FILE]
+
+
+def read_env_argv() -> list[str]:
+    return ["cat", ENV_FILE]
+
+
+def check_snapshot(snapshot: str) -> str:
+    if snapshot != "latest" and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
+        raise UsageError(f"snapshot: {snapshot!r} is not a snapshot id (hex, from `fedi backup list`) or latest")
+    return snapshot
+
+
+# ---- results ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str  # full restic snapshot id
+    short_id: str
+    time: str  # ISO 8601, as restic reports it
+    hostname: str
+    tags: tuple[str, ...]  # fedi, app:<app>, size:<size>, host:<name>, auto | safety
+    size_bytes: int | None  # restore size of the snapshot
+    data_added: int | None  # new data this snapshot added to the repository (restic >= 0.17)
+
+    @property
+    def kind(self) -> str:
+        return "safety" if "safety" in self.tags else "scheduled"
+
+
+def parse_snapshots(stdout: str) -> list[Snapshot]:
+    try:
+        rows = json.loads(stdout)
+    except json.JSONDecodeError:
+        raise BackupError("fedi-backup list printed something that is not JSON") from None
+    return [
+        Snapshot(
+            id=r["id"],
+            short_id=r.get("short_id") or r["id"][:8],
+            time=r["time"],
+            hostname=r.get("hostname", ""),
+            tags=tuple(r.get("tags") or ()),
+            size_bytes=r.get("size_bytes"),
+            data_added=r.get("data_added"),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class BackupRun:
+    last_backup: str  # ISO time of the last good backup (this run)
+    snapshot_id: str
+    data_added: int  # bytes this run added to the repository (after deduplication)
+    total_bytes: int  # bytes this run read
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# ---- operations -------------------------------------------------------------------------------------
+
+
+def default_runner(access: HostAccess, argv: list[str]) -> tuple[int, str, str]:
+    from provision.remote import run
+
+    return run(access, argv, timeout=BACKUP_TIMEOUT)
+
+
+def _last_line(*texts: str) -> str:
+    for text in texts:
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return "no output"
+
+
+def backup_now(access: HostAccess, runner: Runner = default_runner) -> BackupRun:
+    rc, out, err = runner(access, privileged(backup_now_argv(), access.user))
+    if rc != 0:
+        _, jout, _ = runner(access, privileged(journal_argv(), access.user))
+        raise BackupError(
+            f"the backup failed on {access.address}: {_last_line(jout, err, out)}",
+            hint="see `journalctl -u fedi-backup` on the server",
+        )
+    rc, out, err = runner(access, privileged(last_summary_argv(), access.user))
+    if rc != 0:
+        raise BackupError(f"the backup ran but its result could not be read: {_last_line(err)}")
+    lines = out.strip().splitlines()
+    summary: dict[str, Any] = json.loads(lines[-1]) if len(lines) >= 2 else {}
+    return BackupRun(
+        last_backup=lines[0].strip() if lines else "",
+        snapshot_id=summary.get("snapshot_id", ""),
+        data_added=int(summary.get("data_added", 0)),
+        total_bytes=int(summary.get("total_bytes_processed", 0)),
+    )
+
+
+def list_snapshots(access: HostAccess, runner: Runner = default_runner) -> list[Snapshot]:
+    rc, out, err = runner(access, privileged(list_argv(), access.user))
+    if rc != 0:
+        raise BackupError(f"could not list the backups on {access.address}: {_last_line(err, out)}")
+    return parse_snapshots(out)
+
+
+def verify(access: HostAccess, snapshot: str = "latest", runner: Runner = default_runner) -> dict[str, Any]:
+    """Scratch-restore and compare. Returns the report; its "ok" is False on a difference (exit 2)."""
+    rc, out, err = runner(access, privileged(verify_argv(snapshot), access.user))
+    if rc not in (0, 2):
+        raise BackupError(f"verify could not run on {access.address}: {_last_line(err, out)}")
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        raise BackupError(f"verify printed no report: {_last_line(err, out)}") from None
+
+
+def restore(
+    access: HostAccess, snapshot: str = "latest", *, safety: bool = True, runner: Runner = default_runner
+) -> dict[str, Any]:
+    rc, out, err = runner(access, privileged(restore_argv(snapshot, safety=safety), access.user))
+    if rc != 0:
+        raise BackupError(f"the restore failed on {access.address}: {_last_line(err, out)}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def restore_from(
+    access: HostAccess,
+    source_env: str,
+    snapshot: str = "latest",
+    *,
+    safety: bool = False,
+    runner: Runner = default_runner,
+    upload: Callable[[HostAccess, list[str], bytes], tuple[int, str, str]] | None = None,
+) -> dict[str, Any]:
+    """Restore onto ``access`` from another repository (``source_env``: its RESTIC_* / AWS_* lines).
+
+    The settings go to the server through stdin into a 0600 root file, used, then removed."""
+    values = parse_env(source_env, source="source repository settings")
+    missing = [k for k in ("RESTIC_REPOSITORY", "RESTIC_PASSWORD") if not values.get(k)]
+    if missing:
+        raise UsageError(f"source repository settings: {', '.join(missing)} missing")
+    text = render_env({k: values.get(k, "") for k in REPOSITORY_KEYS})
+    send = upload or _upload
+    rc, _, err = send(access, privileged(install_source_env_argv(), access.user), text.encode())
+    if rc != 0:
+        raise BackupError(f"could not put the source repository settings on {access.address}: {_last_line(err)}")
+    try:
+        argv = privileged(restore_argv(snapshot, safety=safety, source_env=SOURCE_ENV_FILE), access.user)
+        rc, out, err = runner(access, argv)
+    finally:
+        runner(access, privileged(remove_source_env_argv(), access.user))
+    if rc != 0:
+        raise BackupError(f"the restore failed on {access.address}: {_last_line(err, out)}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _upload(access: HostAccess, argv: list[str], data: bytes) -> tuple[int, str, str]:
+    from provision.remote import connect
+
+    with connect(access) as session:
+        return session.run(argv, stdin=data, timeout=60)
+
+
+def read_server_env(access: HostAccess, runner: Runner = default_runner) -> str:
+    """The server's restic.env (to keep offline: it is what a new server needs to reach the backups)."""
+    rc, out, err = runner(access, privileged(read_env_argv(), access.user))
+    if rc != 0:
+        raise BackupError(f"could not read {ENV_FILE} on {access.address}: {_last_line(err)}")
+    parse_env(out, source=ENV_FILE)
+    return out
+
+
+def load_env_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--from-env: cannot read {path}: {exc.strerror}") from None
+    if path.stat().st_mode & 0o077:
+        raise UsageError(f"--from-env: {path} is readable by others; chmod 600 {shlex.quote(str(path))}")
+    parse_env(text, source=str(path))
+    return text
