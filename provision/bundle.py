@@ -108,8 +108,8 @@ def env_quote(value: Any) -> str:
     (no ``$`` interpolation). Single quotes and newlines cannot be represented and are refused.
     """
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    if "'" in text or "\n" in text:
-        raise ValueError("a dotenv value may not contain a single quote or a newline")
+    if "'" in text or "\n" in text:  # the message never shows the value: it may be a password
+        raise UsageError("a value for an app's .env file (e.g. the SMTP password) may not contain ' or a newline")
     if text and all(c.isalnum() or c in "-_.:/@%+,=" for c in text):
         return text
     return f"'{text}'"

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 import yaml
-from render_cases import COMBOS, DOMAIN, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
+from render_cases import COMBOS, DOMAIN, SMTP, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
 
 from provision import bundle as bundle_mod
 from provision import versions
@@ -322,8 +322,32 @@ def test_env_quote():
     q = bundle_mod.env_quote
     assert q("abc123") == "abc123" and q(True) == "true" and q(":8080") == ":8080"
     assert q("two words") == "'two words'" and q("^https://x\\.org$") == "'^https://x\\.org$'"
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         q("it's")
+
+
+@pytest.mark.parametrize("software", ["mastodon", "kbin"])
+def test_awkward_smtp_password_survives_compose_env_parsing(software, tmp_path, monkeypatch):
+    password = "pa ss#word$HOME\\x/y:z@w"  # space, comment sign, interpolation, backslash, URL syntax
+    monkeypatch.setenv("FEDI_SMTP_PASSWORD", password)
+    spec = build_spec({"software": software, "size": "tiny", "domain": DOMAIN}, {"smtp": SMTP})
+    bundle = bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    env = dotenv(read(bundle, "app-config"))
+    if software == "mastodon":
+        assert env["SMTP_PASSWORD"] == password  # single-quoted: compose takes it literally
+    else:
+        from urllib.parse import unquote, urlsplit
+
+        assert unquote(urlsplit(env["MAILER_DSN"]).password) == password
+
+
+def test_smtp_password_with_a_quote_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDI_SMTP_PASSWORD", "it's-secret")
+    spec = build_spec({"software": "mastodon", "size": "tiny", "domain": DOMAIN}, {"smtp": SMTP})
+    with pytest.raises(UsageError) as info:
+        bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    assert "it's-secret" not in str(info.value)
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(
