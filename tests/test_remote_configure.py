@@ -191,6 +191,7 @@ def test_configure_with_a_different_pinned_key_uploads_nothing(sshd: Sshd, tmp_p
         configure(wrong, bundle, runtime, lambda _: None, layout=layout, log_dir=tmp_path / "logs", ansible_dir=ansible)
     assert not Path(layout.root).exists()
     assert staging_dirs() == before
+    assert not (tmp_path / "logs").exists()  # no log either: nothing happened
     assert "Accepted publickey" not in sshd.log()
 
 

@@ -113,8 +113,8 @@ def configure(
     layout = layout or commands.Layout()
     redact = Redactor(secret_values(bundle) | {str(v) for k, v in runtime.items() if _SECRET_KEY.search(k)})
     runtime_text = json.dumps(runtime, indent=2, sort_keys=True) + "\n"  # JSON is YAML: -e @runtime.yml reads it
-    log_path, log_fd = _open_log(log_dir, access.address)
     out = AnsibleOutput()
+    log_fd, log_path = -1, Path()
 
     def on_line(line: str) -> None:
         line = redact(line)
@@ -123,8 +123,11 @@ def configure(
         if shown:
             progress(shown)
 
+    import paramiko
+
     try:
         with connect_when_ready(access, ssh_timeout) as session:
+            log_path, log_fd = _open_log(log_dir, access.address)  # only once connected to the pinned host
             staging = session.check(commands.staging_argv()).strip()
             try:
                 files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")
@@ -141,15 +144,24 @@ def configure(
             if message:
                 raise RemoteError(redact(message))
             krc, key_out, _ = session.run(commands.read_host_key_argv(layout, access.user))
+    except (paramiko.SSHException, OSError, EOFError) as exc:  # the connection dropped, SFTP refused a write
+        where = f"; log so far: {log_path}" if log_fd >= 0 else ""
+        raise RemoteError(
+            f"configuring {access.address} failed: {redact(str(exc) or type(exc).__name__)}{where}"
+        ) from None
     finally:
-        os.close(log_fd)
+        if log_fd >= 0:
+            os.close(log_fd)
     host_key = " ".join(key_out.split()[:2]) if krc == 0 else ""
     if not host_key:
         raise RemoteError(
             f"the playbook did not write {layout.host_key_file} on {access.address}: the one-time bootstrap "
             f"host key was not rotated; full log: {log_path}"
         )
-    parse_host_key(host_key)
+    try:
+        parse_host_key(host_key)
+    except RemoteError:
+        raise RemoteError(f"{layout.host_key_file} on {access.address} is not an OpenSSH public key") from None
     progress(f"playbook done on {access.address}: changed={out.changed} failed={out.failed}")
     if verify_rotation and host_key != " ".join(access.host_key.split()[:2]):
         try:  # the server must now show the new key (sshd reloads in a handler; allow it a moment)
