@@ -205,7 +205,8 @@ def _last_line(*texts: str) -> str:
     return "no output"
 
 
-def backup_now(access: HostAccess, runner: Runner = default_runner) -> BackupRun:
+def backup_now(access: HostAccess, runner: Runner | None = None) -> BackupRun:
+    runner = runner or default_runner
     rc, out, err = runner(access, privileged(backup_now_argv(), access.user))
     if rc != 0:
         _, jout, _ = runner(access, privileged(journal_argv(), access.user))
@@ -226,15 +227,17 @@ def backup_now(access: HostAccess, runner: Runner = default_runner) -> BackupRun
     )
 
 
-def list_snapshots(access: HostAccess, runner: Runner = default_runner) -> list[Snapshot]:
+def list_snapshots(access: HostAccess, runner: Runner | None = None) -> list[Snapshot]:
+    runner = runner or default_runner
     rc, out, err = runner(access, privileged(list_argv(), access.user))
     if rc != 0:
         raise BackupError(f"could not list the backups on {access.address}: {_last_line(err, out)}")
     return parse_snapshots(out)
 
 
-def verify(access: HostAccess, snapshot: str = "latest", runner: Runner = default_runner) -> dict[str, Any]:
+def verify(access: HostAccess, snapshot: str = "latest", runner: Runner | None = None) -> dict[str, Any]:
     """Scratch-restore and compare. Returns the report; its "ok" is False on a difference (exit 2)."""
+    runner = runner or default_runner
     rc, out, err = runner(access, privileged(verify_argv(snapshot), access.user))
     if rc not in (0, 2):
         raise BackupError(f"verify could not run on {access.address}: {_last_line(err, out)}")
@@ -245,8 +248,9 @@ def verify(access: HostAccess, snapshot: str = "latest", runner: Runner = defaul
 
 
 def restore(
-    access: HostAccess, snapshot: str = "latest", *, safety: bool = True, runner: Runner = default_runner
+    access: HostAccess, snapshot: str = "latest", *, safety: bool = True, runner: Runner | None = None
 ) -> dict[str, Any]:
+    runner = runner or default_runner
     rc, out, err = runner(access, privileged(restore_argv(snapshot, safety=safety), access.user))
     if rc != 0:
         raise BackupError(f"the restore failed on {access.address}: {_last_line(err, out)}")
@@ -259,12 +263,13 @@ def restore_from(
     snapshot: str = "latest",
     *,
     safety: bool = False,
-    runner: Runner = default_runner,
+    runner: Runner | None = None,
     upload: Callable[[HostAccess, list[str], bytes], tuple[int, str, str]] | None = None,
 ) -> dict[str, Any]:
     """Restore onto ``access`` from another repository (``source_env``: its RESTIC_* / AWS_* lines).
 
     The settings go to the server through stdin into a 0600 root file, used, then removed."""
+    runner = runner or default_runner
     values = parse_env(source_env, source="source repository settings")
     missing = [k for k in ("RESTIC_REPOSITORY", "RESTIC_PASSWORD") if not values.get(k)]
     if missing:
@@ -291,8 +296,9 @@ def _upload(access: HostAccess, argv: list[str], data: bytes) -> tuple[int, str,
         return session.run(argv, stdin=data, timeout=60)
 
 
-def read_server_env(access: HostAccess, runner: Runner = default_runner) -> str:
+def read_server_env(access: HostAccess, runner: Runner | None = None) -> str:
     """The server's restic.env (to keep offline: it is what a new server needs to reach the backups)."""
+    runner = runner or default_runner
     rc, out, err = runner(access, privileged(read_env_argv(), access.user))
     if rc != 0:
         raise BackupError(f"could not read {ENV_FILE} on {access.address}: {_last_line(err)}")

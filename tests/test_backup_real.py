@@ -11,12 +11,11 @@ import http.server
 import json
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 import pytest
-from test_backup_support import Host, free_port, make_bucket, make_host, moto_s3, pg_cluster, require_tools
+from test_backup_support import Host, backup_world, free_port, make_host
 
 SEED = """
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -44,16 +43,8 @@ SELECT string_agg(t || ':' || n || ':' || h, ' ' ORDER BY t) FROM (
 
 @pytest.fixture(scope="module")
 def world():
-    require_tools()
-    # Not pytest's tmp dir: that is 0700 and the cluster runs as the postgres user.
-    base = Path(tempfile.mkdtemp(prefix="fedi-backup-test-"))
-    base.chmod(0o755)
-    try:
-        with pg_cluster(base) as pg, moto_s3() as endpoint:
-            make_bucket(endpoint, "backups")
-            yield base, pg, endpoint
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with backup_world() as w:
+        yield w
 
 
 def seed(host: Host, db: str = "mastodon", owner: str = "mastodon") -> None:

@@ -232,6 +232,23 @@ def make_host(base: Path, pg: PgCluster, repository: str, *, app: str = "mastodo
     return host
 
 
+@contextlib.contextmanager
+def backup_world() -> Iterator[tuple[Path, PgCluster, str]]:
+    """A throwaway Postgres cluster and a local S3 server with a ``backups`` bucket, in a 0755 temp dir
+    (not pytest's 0700 tmp dir: the cluster runs as the postgres user)."""
+    import tempfile
+
+    require_tools()
+    base = Path(tempfile.mkdtemp(prefix="fedi-backup-test-"))
+    base.chmod(0o755)
+    try:
+        with pg_cluster(base) as pg, moto_s3() as endpoint:
+            make_bucket(endpoint, "backups")
+            yield base, pg, endpoint
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def wait_for(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

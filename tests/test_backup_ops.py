@@ -1,0 +1,249 @@
+"""provision.backup and `fedi backup`: commands as values, and the operations end to end.
+
+The operations run against "a server" that is this machine: the runner strips sudo and maps the
+server paths to the test host's, then runs the real rendered scripts (real restic, Postgres, moto).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from test_backup_real import FINGERPRINT, seed
+from test_backup_support import Host, backup_world, make_host
+
+from provision import backup
+from provision.cli import main
+from provision.errors import BackupError, UsageError
+from provision.model import HostAccess, ObjectStorage, StackOutputs
+
+ACCESS = HostAccess(address="203.0.113.7", user="fedi")
+
+
+# ---- commands as values --------------------------------------------------------------------------------
+
+
+def test_commands_are_data():
+    assert backup.privileged(backup.backup_now_argv()) == [
+        "sudo", "-n", "-H", "--", "systemctl", "start", "fedi-backup.service"
+    ]  # fmt: skip
+    assert backup.privileged(["true"], user="root") == ["true"]
+    assert backup.list_argv() == ["/usr/local/sbin/fedi-backup", "list", "--json"]
+    assert backup.verify_argv() == ["/usr/local/sbin/fedi-restore", "verify", "latest"]
+    assert backup.restore_argv("1a2b3c4d") == ["/usr/local/sbin/fedi-restore", "1a2b3c4d", "--yes"]
+    assert backup.restore_argv(safety=False, source_env="/etc/fedi/restic-source.env") == [
+        "/usr/local/sbin/fedi-restore", "latest", "--yes", "--no-safety-snapshot",
+        "--from", "/etc/fedi/restic-source.env",
+    ]  # fmt: skip
+    assert backup.install_source_env_argv()[-2:] == ["/dev/stdin", "/etc/fedi/restic-source.env"]
+    assert backup.journal_argv()[:3] == ["journalctl", "-u", "fedi-backup.service"]
+
+
+@pytest.mark.parametrize("bad", ["", "--all", "1a2b; rm -rf /", "LATEST", "xyz"])
+def test_snapshot_ids_are_validated(bad):
+    with pytest.raises(UsageError, match="snapshot:"):
+        backup.restore_argv(bad)
+
+
+def test_repository_env_for_a_bucket_and_for_a_local_path():
+    storage = ObjectStorage("https://fsn1.your-objectstorage.com/", "fsn1", "m", "b", "AK", "SK")
+    assert backup.parse_env(backup.repository_env("pw", storage)) == {
+        "RESTIC_REPOSITORY": "s3:https://fsn1.your-objectstorage.com/b",
+        "RESTIC_PASSWORD": "pw",
+        "AWS_ACCESS_KEY_ID": "AK",
+        "AWS_SECRET_ACCESS_KEY": "SK",
+    }
+    assert backup.parse_env(backup.repository_env("pw", None))["RESTIC_REPOSITORY"] == "/var/backups/fedi/restic"
+    with pytest.raises(BackupError):
+        backup.render_env({"RESTIC_PASSWORD": "two\nlines"})
+
+
+def test_parse_snapshots_and_sizes():
+    rows = [{"id": "ab" * 32, "short_id": "abababab", "time": "2026-02-18T15:00:00Z", "hostname": "h",
+             "tags": ["fedi", "safety"], "size_bytes": 3 * 1024 * 1024, "data_added": None}]  # fmt: skip
+    (snap,) = backup.parse_snapshots(json.dumps(rows))
+    assert snap.kind == "safety" and snap.size_bytes == 3 * 1024 * 1024
+    assert backup.human_size(snap.size_bytes) == "3.0 MiB" and backup.human_size(None) == "?"
+    with pytest.raises(BackupError):
+        backup.parse_snapshots("restic: not json")
+
+
+def test_load_env_file_refuses_a_readable_file(tmp_path):
+    f = tmp_path / "old.env"
+    f.write_text("RESTIC_REPOSITORY=/x\nRESTIC_PASSWORD=p\n")
+    f.chmod(0o644)
+    with pytest.raises(UsageError, match="chmod 600"):
+        backup.load_env_file(f)
+    f.chmod(0o600)
+    assert "RESTIC_PASSWORD=p" in backup.load_env_file(f)
+
+
+# ---- the operations against the real scripts ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world():
+    with backup_world() as w:
+        yield w
+
+
+@dataclass
+class LocalServer:
+    """Runs what provision.backup sends to a server on this machine, against one test host."""
+
+    host: Host
+    calls: list[list[str]] = field(default_factory=list)
+
+    @property
+    def source_env(self) -> Path:
+        return self.host.root / "restic-source.env"
+
+    def _map(self, argv: list[str]) -> list[str]:
+        mapping = {
+            backup.LAST_BACKUP: str(self.host.state_dir / "last-backup"),
+            backup.LAST_SUMMARY: str(self.host.state_dir / "last-backup.json"),
+            backup.ENV_FILE: str(self.host.env_file),
+            backup.SOURCE_ENV_FILE: str(self.source_env),
+        }
+        return [mapping.get(a, a) for a in argv]
+
+    def run(self, access: HostAccess, argv: list[str]) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        assert argv[:4] == ["sudo", "-n", "-H", "--"], argv
+        argv = self._map(argv[4:])
+        if argv == ["systemctl", "start", "fedi-backup.service"]:
+            argv = [f"{backup.SBIN}/fedi-backup"]
+        if argv[0].startswith(backup.SBIN + "/"):
+            proc = self.host.run(argv[0].rsplit("/", 1)[1], *argv[1:], check=False)
+            return proc.returncode, proc.stdout, proc.stderr
+        if argv[0] == "journalctl":
+            return 0, "fedi-backup: run FAILED (exit 1); nothing local was deleted\n", ""
+        if argv[0] in ("cat", "rm"):
+            import subprocess
+
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            return proc.returncode, proc.stdout, proc.stderr
+        raise AssertionError(f"unexpected command {argv}")
+
+    def upload(self, access: HostAccess, argv: list[str], data: bytes) -> tuple[int, str, str]:
+        assert self._map(argv[4:])[-1] == str(self.source_env)
+        fd = os.open(self.source_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return 0, "", ""
+
+
+def test_now_list_verify_restore_through_provision_backup(world):
+    base, pg, endpoint = world
+    host = make_host(base / "o", pg, f"s3:{endpoint}/backups/o", db="opsdb")
+    seed(host, db="opsdb")
+    server = LocalServer(host)
+    run = backup.backup_now(ACCESS, runner=server.run)
+    assert run.last_backup.endswith("Z") and len(run.snapshot_id) >= 8 and run.data_added > 0
+    (snap,) = backup.list_snapshots(ACCESS, runner=server.run)
+    assert snap.id.startswith(run.snapshot_id) and snap.kind == "scheduled" and snap.size_bytes > 0
+    report = backup.verify(ACCESS, runner=server.run)
+    assert report["ok"] and report["database"] == "opsdb"
+    before = pg.psql("opsdb", FINGERPRINT)
+    pg.psql("opsdb", "DELETE FROM media")
+    result = backup.restore(ACCESS, snap.short_id, runner=server.run)
+    assert result["snapshot"] == snap.id and pg.psql("opsdb", FINGERPRINT) == before
+    kinds = sorted(s.kind for s in backup.list_snapshots(ACCESS, runner=server.run))
+    assert kinds == ["safety", "scheduled"]
+
+
+def test_failed_backup_is_one_clear_error(world):
+    base, pg, _ = world
+    host = make_host(base / "f", pg, "s3:http://127.0.0.1:9/backups", db="faildb")
+    seed(host, db="faildb")
+    with pytest.raises(BackupError, match="the backup failed on 203.0.113.7: fedi-backup: run FAILED"):
+        backup.backup_now(ACCESS, runner=LocalServer(host).run)
+
+
+def test_restore_from_another_repository_removes_the_settings_afterwards(world):
+    base, pg, endpoint = world
+    old = make_host(base / "x1", pg, f"s3:{endpoint}/backups/x1", db="movedb")
+    seed(old, db="movedb")
+    backup.backup_now(ACCESS, runner=LocalServer(old).run)
+    fingerprint = pg.psql("movedb", FINGERPRINT)
+    pg.psql("movedb", "TRUNCATE media")
+    new = LocalServer(make_host(base / "x2", pg, f"s3:{endpoint}/backups/x2", db="movedb"))
+    source = backup.parse_env(old.env_file.read_text())
+    env_text = backup.repository_env(source["RESTIC_PASSWORD"], None, source["RESTIC_REPOSITORY"])
+    env_text = env_text.replace("AWS_ACCESS_KEY_ID=\n", "AWS_ACCESS_KEY_ID=test\n").replace(
+        "AWS_SECRET_ACCESS_KEY=\n", "AWS_SECRET_ACCESS_KEY=test\n"
+    )
+    result = backup.restore_from(ACCESS, env_text, runner=new.run, upload=new.upload, safety=False)
+    assert result["databases"] == ["movedb"] and pg.psql("movedb", FINGERPRINT) == fingerprint
+    assert not new.source_env.exists(), "the other stack's settings are removed after the restore"
+    assert ["sudo", "-n", "-H", "--", "rm", "-f", backup.SOURCE_ENV_FILE] in new.calls
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------
+
+
+class OneStackProvider:
+    name = "local"
+
+    def __init__(self, outputs: StackOutputs):
+        self._outputs = outputs
+
+    def outputs(self, stack: str) -> StackOutputs:
+        assert stack == self._outputs.stack
+        return self._outputs
+
+
+_COUNTER = itertools.count()
+
+
+@pytest.fixture
+def cli_host(world, monkeypatch, tmp_path):
+    base, pg, endpoint = world
+    name = f"c{next(_COUNTER)}"
+    host = make_host(base / name, pg, f"s3:{endpoint}/backups/{name}", db="clidb")
+    seed(host, db="clidb")
+    server = LocalServer(host)
+    outputs = StackOutputs(stack="social-example-org", provider="local", access=ACCESS)
+    monkeypatch.setattr("provision.cli_stack.make_provider", lambda *a, **k: OneStackProvider(outputs))
+    monkeypatch.setattr(backup, "default_runner", server.run)
+    monkeypatch.setenv("FEDI_STATE_DIR", str(tmp_path / "state"))
+    return host, server
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["backup", *args, "--stack", "social-example-org", "--provider", "local"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_now_list_verify_env(cli_host, capsys, tmp_path):
+    host, _ = cli_host
+    rc, out, err = _cli(capsys, "now", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["data_added"] > 0
+    rc, out, _ = _cli(capsys, "list")
+    assert rc == 0 and "scheduled" in out and "MiB" in out
+    rc, out, _ = _cli(capsys, "verify", "--json")
+    assert rc == 0 and json.loads(out)["ok"]
+    saved = tmp_path / "saved.env"
+    rc, _, err = _cli(capsys, "env", "--out", str(saved))
+    assert rc == 0 and "0600" in err
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert saved.read_text() == host.env_file.read_text()
+
+
+def test_cli_restore_asks_and_a_no_changes_nothing(cli_host, capsys, monkeypatch):
+    host, server = cli_host
+    _cli(capsys, "now")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("n\n"))
+    rc, _, err = _cli(capsys, "restore")
+    assert rc == 9 and "nothing was changed" in err
+    assert not any("fedi-restore" in " ".join(c) for c in server.calls)
+    rc, out, err = _cli(capsys, "restore", "--yes", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["databases"] == ["clidb"]
