@@ -34,7 +34,8 @@ class Target:
     address: str | None = None  # connect here instead of resolving the domain (local stacks)
     https_port: int = 443
     http_port: int = 80
-    ca_bundle: Path | None = None  # PEM roots to trust instead of the system's (Caddy's internal CA)
+    ca_bundle: Path | None = None  # PEM certificates to trust instead of the system's roots: Caddy's internal
+    # root (local stacks) or the Let's Encrypt staging intermediate read from the server (ephemeral stacks)
     netns: str | None = None  # run the checks from inside this network namespace (/proc/<pid>/ns/net)
     app_started: bool = True  # False where the app's images cannot be pulled: only the HTTPS front is checked
 
@@ -77,6 +78,8 @@ class _Probe:
         self.timeout = timeout
         cafile = str(target.ca_bundle) if target.ca_bundle else None
         context = ssl.create_default_context(cafile=cafile)  # system roots unless a bundle is given
+        if cafile:  # trust exactly the given certificates, even an intermediate (Let's Encrypt staging's)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         self.client = httpx.Client(verify=context, timeout=timeout, follow_redirects=False, trust_env=False)
 
     def get(self, path: str, *, scheme: str = "https") -> Any:

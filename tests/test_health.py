@@ -42,8 +42,8 @@ class CA:
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return path
 
-    def issue(self, tmp: Path, name: str) -> tuple[Path, Path]:
-        """A server certificate for ``name``; returns (cert, key) PEM files."""
+    def issue(self, tmp: Path, name: str, *, chain: bool = False) -> tuple[Path, Path]:
+        """A server certificate for ``name`` (followed by this CA's, with ``chain``); returns (cert, key) files."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         cert = (
@@ -61,7 +61,8 @@ class CA:
             .sign(self.key, hashes.SHA256())
         )
         cert_path, key_path = tmp / f"{name}-{id(cert)}.crt", tmp / f"{name}-{id(cert)}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        cert_path.write_bytes(pem + (self.cert.public_bytes(serialization.Encoding.PEM) if chain else b""))
         key_path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -70,19 +71,20 @@ class CA:
         return cert_path, key_path
 
 
-def make_ca(name: str) -> CA:
+def make_ca(name: str, parent: CA | None = None) -> CA:
+    """A root CA, or an intermediate signed by ``parent``."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(parent.cert.subject if parent else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -98,7 +100,7 @@ def make_ca(name: str) -> CA:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(parent.key if parent else key, hashes.SHA256())
     )
     return CA(key, cert)
 
@@ -408,3 +410,23 @@ def test_without_the_app_only_the_https_front_is_checked(site: Site, pki: dict[s
     assert "the app's containers are not started" in report.checks[0].detail
     site.routes = {"/": lambda: (404, "no site here")}  # a wrong site still fails
     assert not health.check(target(site, pki, app_started=False)).ok
+
+
+def test_an_intermediate_read_from_the_server_can_be_the_trust_anchor(pki: dict[str, Any]) -> None:
+    # Let's Encrypt staging: root unknown to every system; Caddy holds the leaf and the intermediate
+    staging_root = make_ca("(STAGING) test root")
+    intermediate = make_ca("(STAGING) test intermediate", parent=staging_root)
+    sibling = make_ca("(STAGING) another intermediate", parent=staging_root)
+    s = Site(routes=app_routes("mastodon"))
+    servers = serve(s, *intermediate.issue(pki["tmp"], DOMAIN, chain=True))
+    try:
+        t = target(s, pki)
+        assert health.check(replace(t, ca_bundle=intermediate.pem(pki["tmp"] / "int.pem"))).ok
+        assert health.check(replace(t, ca_bundle=staging_root.pem(pki["tmp"] / "root.pem"))).ok
+        wrong = health.check(replace(t, ca_bundle=sibling.pem(pki["tmp"] / "sibling.pem")))
+        assert not wrong.checks[0].ok and "certificate not valid" in wrong.checks[0].detail
+        assert not health.check(replace(t, ca_bundle=None)).checks[0].ok  # and never trusted by the system
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

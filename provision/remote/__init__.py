@@ -19,6 +19,7 @@ _EXPORTS = {
     "connect_when_ready": "session",
     "run": "session",
     "wait_for_ssh": "session",
+    "fetch_issuer": "certs",
     "interactive_shell": "shell",
     "logs": "shell",
 }
