@@ -12,6 +12,7 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,21 @@ def read_env_argv() -> list[str]:
     return ["cat", ENV_FILE]
 
 
+def status_argvs() -> tuple[list[str], list[str]]:
+    """The last good backup's time (a missing file: never), and the unit's last result and next run."""
+    show = [
+        "systemctl",
+        "show",
+        "fedi-backup.service",
+        "fedi-backup.timer",
+        "-p",
+        "Result",
+        "-p",
+        "NextElapseUSecRealtime",
+    ]
+    return ["cat", LAST_BACKUP], show
+
+
 def check_snapshot(snapshot: str) -> str:
     if snapshot != "latest" and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
         raise UsageError(f"snapshot: {snapshot!r} is not a snapshot id (hex, from `fedi backup list`) or latest")
@@ -175,6 +191,32 @@ class BackupRun:
     snapshot_id: str
     data_added: int  # bytes this run added to the repository (after deduplication)
     total_bytes: int  # bytes this run read
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    last_backup: str  # ISO 8601 UTC of the last good backup; "" = never
+    age_hours: float | None  # hours since then (None = never)
+    last_result: str  # systemd Result= of the last run: success, exit-code, ...; "" = never ran
+    next_run: str  # when the timer fires next, as systemd prints it
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.last_backup) and self.last_result in ("success", "")
+
+
+def parse_status(last: str, show: str, now: datetime) -> BackupStatus:
+    last = last.strip()
+    age = None
+    if last:
+        when = datetime.fromisoformat(last.replace("Z", "+00:00"))
+        age = round((now - when).total_seconds() / 3600, 1)
+    fields: dict[str, str] = {}
+    for line in show.splitlines():
+        key, _, value = line.partition("=")
+        if value and key not in fields:  # the service's Result comes first; the timer's is "success" too
+            fields[key] = value
+    return BackupStatus(last, age, fields.get("Result", ""), fields.get("NextElapseUSecRealtime", ""))
 
 
 def human_size(n: int | None) -> str:
@@ -233,6 +275,15 @@ def list_snapshots(access: HostAccess, runner: Runner | None = None) -> list[Sna
     if rc != 0:
         raise BackupError(f"could not list the backups on {access.address}: {_last_line(err, out)}")
     return parse_snapshots(out)
+
+
+def status(access: HostAccess, runner: Runner | None = None) -> BackupStatus:
+    """For `fedi status` and `fedi backup status`: the age of the last good backup and the unit's state."""
+    runner = runner or default_runner
+    cat, show = status_argvs()
+    rc, last, _ = runner(access, privileged(cat, access.user))
+    _, shown, _ = runner(access, privileged(show, access.user))
+    return parse_status(last if rc == 0 else "", shown, datetime.now(UTC))
 
 
 def verify(access: HostAccess, snapshot: str = "latest", runner: Runner | None = None) -> dict[str, Any]:

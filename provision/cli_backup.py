@@ -75,6 +75,23 @@ def now_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = 
     emit(run.__dict__, as_json, human)
 
 
+@backup_app.command("status")
+def status_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = None, as_json: Json = False) -> None:
+    """When the last good backup was taken, how the last run ended and when the next one runs."""
+    from provision import backup
+
+    _, _, outputs = _target(stack, domain, provider)
+    st = backup.status(_access(outputs))
+    age = f"{st.age_hours} h ago" if st.age_hours is not None else "never"
+    human = (
+        f"last good backup: {st.last_backup or 'never'} ({age}); last run: {st.last_result or 'none yet'}; "
+        f"next: {st.next_run or 'not scheduled'}"
+    )
+    emit({**st.__dict__, "ok": st.ok}, as_json, human)
+    if not st.ok:
+        raise typer.Exit(1)
+
+
 @backup_app.command("list")
 def list_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = None, as_json: Json = False) -> None:
     """The stack's snapshots, newest first, with their time and size."""

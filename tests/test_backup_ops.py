@@ -11,6 +11,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def test_commands_are_data():
     ]  # fmt: skip
     assert backup.install_source_env_argv()[-2:] == ["/dev/stdin", "/etc/fedi/restic-source.env"]
     assert backup.journal_argv()[:3] == ["journalctl", "-u", "fedi-backup.service"]
+
+
+def test_status_is_parsed_from_the_server_files():
+    now = datetime(2026, 2, 18, 15, 0, tzinfo=UTC)
+    service = "Result=success\nNextElapseUSecRealtime=\n"
+    show = service + "\nResult=success\nNextElapseUSecRealtime=Thu 2026-02-19 03:30:00 UTC\n"
+    st = backup.parse_status("2026-02-18T03:30:00Z\n", show, now)
+    assert (st.last_backup, st.age_hours, st.last_result, st.ok) == ("2026-02-18T03:30:00Z", 11.5, "success", True)
+    assert st.next_run == "Thu 2026-02-19 03:30:00 UTC"
+    failed = backup.parse_status("2026-02-17T03:30:00Z", "Result=exit-code\n", now)
+    assert failed.age_hours == 35.5 and not failed.ok
+    never = backup.parse_status("", "Result=success\n", now)
+    assert never.age_hours is None and not never.ok
 
 
 @pytest.mark.parametrize("bad", ["", "--all", "1a2b; rm -rf /", "LATEST", "xyz"])
