@@ -114,6 +114,8 @@ def test_ssh_argv_is_strict_and_pinned() -> None:
         "--",
         "203.0.113.5",
     ]
+    rsa = HostAccess("203.0.113.5", host_key="ssh-rsa AAAAB3Nza", client_key=Path("/k"))
+    assert "HostKeyAlgorithms=rsa-sha2-512,rsa-sha2-256" in commands.ssh_argv(rsa, "/tmp/kh")
     ns = HostAccess("127.0.0.1", host_key=KEY, client_key=Path("/k"), netns="/proc/42/ns/net")
     argv = commands.ssh_argv(ns, "/tmp/kh", ["docker", "ps", "-a"])
     assert argv[:4] == ["nsenter", "--net=/proc/42/ns/net", "--", "ssh"]

@@ -119,6 +119,11 @@ def known_hosts_line(access: HostAccess) -> str:
     return f"{name} {fields[0]} {fields[1]}\n"
 
 
+def _host_key_algorithms(key_type: str) -> str:
+    # an ssh-rsa key is offered with SHA-2 signatures (OpenSSH refuses SHA-1 "ssh-rsa" by default)
+    return "rsa-sha2-512,rsa-sha2-256" if key_type == "ssh-rsa" else key_type
+
+
 def ssh_argv(access: HostAccess, known_hosts: str, command: list[str] | None = None) -> list[str]:
     """The system ssh client with only the pinned key trusted; host-key checking strict, never relaxed."""
     if access.client_key is None:
@@ -142,7 +147,7 @@ def ssh_argv(access: HostAccess, known_hosts: str, command: list[str] | None = N
         "-o",
         "UpdateHostKeys=no",
         "-o",
-        f"HostKeyAlgorithms={access.host_key.split()[0]}",
+        f"HostKeyAlgorithms={_host_key_algorithms(access.host_key.split()[0])}",
     ]
     if command:
         argv += ["-o", "BatchMode=yes"]
