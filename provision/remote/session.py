@@ -121,7 +121,7 @@ class Session:
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 drained = not (chan.recv_ready() or chan.recv_stderr_ready())
-                if chan.exit_status_ready() and chan.eof_received and drained:
+                if chan.exit_status_ready() and (chan.eof_received or chan.closed) and drained:
                     break
                 if time.monotonic() > deadline:
                     raise RemoteError(f"{argv[0]} on {self.access.address} did not finish within {timeout:.0f}s")
@@ -152,7 +152,7 @@ class Session:
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
                         on_line(line.decode(errors="replace"))
-                if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready():
+                if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not chan.recv_ready():
                     break
                 if time.monotonic() > deadline:
                     raise RemoteError(f"{argv[0]} on {self.access.address} did not finish within {timeout:.0f}s")
