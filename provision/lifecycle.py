@@ -63,10 +63,24 @@ def health_target(spec: InstanceSpec, outputs: StackOutputs):
     )
 
 
+def staging_issuer_path(stack: str) -> Path:
+    """Where the Let's Encrypt staging intermediate of an ephemeral stack is kept (read from its server)."""
+    return paths.state_dir() / "certs" / f"{stack}-staging.pem"
+
+
 def _health(spec, outputs, progress):
     from provision import health
 
-    return health.wait(health_target(spec, outputs), progress=progress)
+    target = health_target(spec, outputs)
+    if spec.ephemeral and target.ca_bundle is None:
+        # the staging CA is in no trust store: trust exactly the intermediate Caddy received, read over
+        # the pinned SSH channel (provision.remote.certs), so the chain is still verified
+        from provision import remote
+
+        progress("reading the staging certificate's issuer from the server")
+        issuer = remote.fetch_issuer(outputs.access, spec.domain, staging_issuer_path(outputs.stack))
+        target = replace(target, ca_bundle=issuer)
+    return health.wait(target, progress=progress)
 
 
 def _event(kind, spec, outputs, cost):
@@ -215,7 +229,11 @@ def status(
     if spec is not None and check_health:
         from provision import health
 
-        report = health.check(health_target(spec, outputs))
+        target = health_target(spec, outputs)
+        issuer = staging_issuer_path(stack)
+        if spec.ephemeral and target.ca_bundle is None and issuer.exists():
+            target = replace(target, ca_bundle=issuer)
+        report = health.check(target)
     notes = () if spec is not None else ("the stack's outputs do not say what it runs: no cost or health",)
     return Result(stack, outputs, cost, report, notes=notes)
 
@@ -232,6 +250,9 @@ def spec_of_outputs(outputs: StackOutputs) -> InstanceSpec | None:
     if extra.get("location"):
         flags["location"] = extra["location"]
     flags["production"] = bool(extra.get("production", False))
+    if extra.get("ephemeral") and int(extra.get("expires") or 0) > int(extra.get("created") or 0):
+        flags["ephemeral"] = True
+        flags["ttl_hours"] = (int(extra["expires"]) - int(extra["created"])) / 3600
     return build_spec(flags)
 
 
@@ -290,4 +311,5 @@ def down(
     path = bundle_dir(stack)
     if path.exists():
         shutil.rmtree(path)
+    staging_issuer_path(stack).unlink(missing_ok=True)
     return Result(stack, outputs, cost)

@@ -99,7 +99,7 @@ def _raise_signal(signum, _frame):
 
 
 def teardown(provider: Any, stack: str, progress: Callable[[str], None]) -> Step:
-    from provision.lifecycle import bundle_dir
+    from provision.lifecycle import bundle_dir, staging_issuer_path
 
     try:
         provider.down(stack, progress, purge_backups=True)
@@ -112,6 +112,7 @@ def teardown(provider: Any, stack: str, progress: Callable[[str], None]) -> Step
     path = bundle_dir(stack)
     if path.exists():
         shutil.rmtree(path)
+    staging_issuer_path(stack).unlink(missing_ok=True)
     return Step("teardown", True, detail)
 
 

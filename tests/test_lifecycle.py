@@ -156,3 +156,37 @@ def test_the_spec_is_rebuilt_from_the_stack_outputs(provider):
         "hel1",
     )
     assert spec.production is True
+
+
+def test_an_ephemeral_stack_is_rebuilt_as_ephemeral(provider):
+    spec = spec_of(domain="t1.smoke.example.org", ephemeral=True, ttl_hours=3)
+    result = lifecycle.up(spec, provider, lambda _l: None, steps=Recorder().steps())
+    again = lifecycle.spec_of_outputs(result.outputs)
+    assert again.ephemeral and not again.production and again.ttl_hours == 3
+
+
+def test_health_of_an_ephemeral_stack_trusts_the_staging_issuer_read_from_the_server(provider, monkeypatch):
+    """The default health step fetches the issuer over the pinned channel and hands it to the checks."""
+    from provision import health, remote
+
+    seen = {}
+
+    def fetch_issuer(access, domain, dest, **_kw):
+        seen["fetch"] = (access.address, domain)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("-----BEGIN CERTIFICATE-----\n")
+        return dest
+
+    def wait(target, **_kw):
+        seen["target"] = target
+        return "healthy"
+
+    monkeypatch.setattr(remote, "fetch_issuer", fetch_issuer, raising=False)
+    monkeypatch.setattr(health, "wait", wait)
+    spec = spec_of(domain="t2.smoke.example.org", ephemeral=True, ttl_hours=1)
+    steps = replace(Recorder().steps(), health=lifecycle.Steps().health)
+    result = lifecycle.up(spec, provider, lambda _l: None, steps=steps)
+    assert seen["fetch"] == (result.outputs.ipv4, "t2.smoke.example.org")
+    assert seen["target"].ca_bundle == lifecycle.staging_issuer_path(result.stack)
+    lifecycle.down(result.stack, provider, lambda _l: None, skip_backup=True, steps=Recorder().steps())
+    assert not lifecycle.staging_issuer_path(result.stack).exists()
