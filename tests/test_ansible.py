@@ -224,6 +224,9 @@ def test_firewall_replaces_only_its_own_table(tmp_path: Path) -> None:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert lines[:3] == ["table inet fedi", "delete table inet fedi", "table inet fedi {"]
     assert "type filter hook input priority filter; policy drop;" in lines
+    # loopback first: conntrack may call a closing loopback connection invalid, and dropping its FIN
+    # left a stale epmd registration that kept RabbitMQ from restarting (seen on the test host)
+    assert lines.index('iif "lo" accept') < lines.index("ct state invalid drop")
     assert "tcp dport 22 accept" in lines  # no allow-list: SSH from anywhere, like the cloud firewall
     assert "tcp dport { 80, 443 } accept" in lines
     assert "udp dport 443 accept" in lines
