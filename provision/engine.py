@@ -238,14 +238,9 @@ class PulumiEngine:
         planned: list[PlannedResource] = []
 
         def on_event(event) -> None:
-            pre = getattr(event, "resource_pre_event", None)
-            if pre is None or pre.metadata.type.startswith("pulumi:pulumi:Stack"):
-                return
-            meta = pre.metadata
-            inputs = dict(getattr(meta.new, "inputs", None) or {})
-            from provision.offline import redact
-
-            planned.append(PlannedResource(meta.type, meta.urn.rsplit("::", 1)[-1], str(meta.op.value), redact(inputs)))
+            step = planned_from_event(event)
+            if step is not None:
+                planned.append(step)
 
         self._run(cfg.stack, lambda: stack.preview(on_event=on_event))
         return planned
@@ -276,6 +271,18 @@ class PulumiEngine:
             return [s.name for s in ws.list_stacks()]
         except Exception as exc:  # noqa: BLE001
             raise map_error(exc) from None
+
+
+def planned_from_event(event) -> PlannedResource | None:
+    """A preview's resource step (op, type, name, inputs with secrets redacted), or None."""
+    from provision.offline import redact
+
+    pre = getattr(event, "resource_pre_event", None)
+    if pre is None or pre.metadata.type.startswith("pulumi:pulumi:Stack"):
+        return None
+    meta = pre.metadata
+    inputs = dict(getattr(meta.new, "inputs", None) or {})
+    return PlannedResource(meta.type, meta.urn.rsplit("::", 1)[-1], str(meta.op.value), redact(inputs))
 
 
 def _ws_kwargs(opts) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 
@@ -152,3 +153,83 @@ def test_every_engine_failure_becomes_one_line(exc, kind, expected):
     assert isinstance(mapped, kind)
     assert expected in mapped.line()
     assert "\n" not in mapped.line()
+
+
+# ---- the workspace fedi hands to the Automation API, and the engine events it reads ----
+
+SERVER_URN = "urn:pulumi:social-example-org::fedi::hcloud:index/server:Server::server"
+
+
+def _version_cli(bindir):
+    """A `pulumi` that answers `pulumi version` (all PulumiCommand asks when it is constructed)."""
+    cli = bindir / "pulumi"
+    cli.write_text('#!/bin/sh\n[ "$1" = version ] && echo v3.200.0 && exit 0\nexit 99\n')
+    cli.chmod(0o755)
+
+
+def test_workspace_options_local_backend_passphrase_in_env_not_argv(bindir):
+    _version_cli(bindir)
+    eng = engine.PulumiEngine()
+    opts = eng._opts()
+    assert opts.project_settings.name == "fedi"
+    assert opts.project_settings.backend.url == eng.backend
+    assert os.path.isdir(eng.backend.removeprefix("file://"))
+    assert opts.secrets_provider == "passphrase"
+    assert set(opts.env_vars) == {"PULUMI_CONFIG_PASSPHRASE", "PULUMI_SKIP_UPDATE_CHECK"}
+    assert opts.pulumi_command.command == str(bindir / "pulumi")
+    assert stat.S_IMODE(os.stat(opts.work_dir).st_mode) == 0o700
+
+
+def test_workspace_options_with_a_coop_backend(bindir):
+    _version_cli(bindir)
+    opts = engine.PulumiEngine("s3://coop-state/fedi?region=fsn1")._opts()
+    assert opts.project_settings.backend.url == "s3://coop-state/fedi?region=fsn1"
+
+
+def _event(kind: str, op: str, inputs: dict | None = None):
+    from pulumi.automation.events import EngineEvent
+
+    meta = {"op": op, "urn": SERVER_URN, "type": "hcloud:index/server:Server", "provider": ""}
+    if inputs is not None:
+        meta["new"] = {"type": meta["type"], "urn": SERVER_URN, "inputs": inputs}
+    return EngineEvent.from_json({kind: {"metadata": meta}})
+
+
+def test_preview_steps_are_read_from_engine_events_with_secrets_redacted():
+    step = engine.planned_from_event(_event("resourcePreEvent", "create", {"serverType": "cx33", "userData": "x"}))
+    assert (step.type, step.name, step.action) == ("hcloud:index/server:Server", "server", "create")
+    assert step.properties == {"serverType": "cx33", "userData": "[secret]"}
+    assert engine.planned_from_event(_event("resOutputsEvent", "create")) is None
+
+
+def test_progress_lines_name_the_resource_and_the_elapsed_time():
+    lines: list[str] = []
+    on_event = engine._progress_events(lines.append, started=0.0)
+    on_event(_event("resOutputsEvent", "create"))
+    on_event(_event("resOutputsEvent", "same"))
+    on_event(_event("resOpFailedEvent", "update"))
+    assert len(lines) == 2
+    assert lines[0].startswith("+ Server server created (") and lines[0].endswith("s)")
+    assert lines[1].startswith("! Server server failed")
+
+
+def test_the_passphrase_reaches_pulumi_by_environment_never_by_argv(bindir, tmp_path):
+    """A stand-in `pulumi` records the argv and environment fedi's workspace runs it with."""
+    log = tmp_path / "calls.log"
+    cli = bindir / "pulumi"
+    cli.write_text(
+        "#!/bin/sh\n"
+        f'echo "argv: $*" >> {log}\n'
+        f'echo "env: ${{PULUMI_CONFIG_PASSPHRASE:-unset}}" >> {log}\n'
+        '[ "$1" = version ] && echo v3.200.0 && exit 0\n'
+        'case "$*" in *"stack ls"*) echo "[]"; exit 0;; esac\n'
+        "exit 0\n"
+    )
+    cli.chmod(0o755)
+    assert engine.PulumiEngine().stack_names() == []
+    passphrase = engine.passphrase_env()["PULUMI_CONFIG_PASSPHRASE"]
+    text = log.read_text()
+    argv_lines = [line for line in text.splitlines() if line.startswith("argv:")]
+    assert any("stack ls" in line for line in argv_lines)
+    assert all(passphrase not in line for line in argv_lines)
+    assert f"env: {passphrase}" in text
