@@ -151,3 +151,10 @@ def test_stop_boot_keeps_data_and_destroy_leaves_nothing(local_image, tmp_path):
     assert _leftovers(second, second.pid, second.leader) == []
     assert not (directory / "rootfs").exists() and not (directory / "backups").exists()
     assert not net.exists(second.net)
+
+
+def test_app_specific_services_are_off_until_the_playbook_enables_them(test_machine):
+    for unit in machine.OFF_UNTIL_CONFIGURED:
+        state = test_machine.run(["systemctl", "is-enabled", unit]).stdout.strip()
+        assert state == "disabled", unit
+    assert test_machine.run(["systemctl", "is-enabled", "postgresql"]).stdout.strip() == "enabled"

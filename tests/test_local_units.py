@@ -166,3 +166,9 @@ def test_cgroup_limits_not_enforceable_are_reported(tmp_path):
     groups = cgroups.plan("abcd", tmp_path, "0::/\n")
     writes, missing = cgroups.limit_writes(groups, 2, 4096)
     assert writes == [] and len(missing) == 2 and "memory" in missing[0]
+
+
+def test_disable_argv():
+    assert machine.disable_argv(Path("/r")) == [
+        "systemctl", "--root=/r", "disable", "valkey-server.service", "rabbitmq-server.service",
+    ]  # fmt: skip

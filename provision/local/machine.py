@@ -38,6 +38,9 @@ from provision.local import bootstrap, cgroups, image, net
 Progress = Callable[[str], None]
 BACKUPS_TARGET = "/var/backups/fedi"
 SSH_PORT = 22
+# In the image so the playbook finds them installed, but off until the playbook enables them for an
+# app that uses them: a Hetzner server of another app does not run them either.
+OFF_UNTIL_CONFIGURED = ("valkey-server.service", "rabbitmq-server.service")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # machines launched by this process (to reap them)
 
 
@@ -112,6 +115,10 @@ def nspawn_env() -> dict[str, str]:
         "LANG": "C.UTF-8",
         "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",  # cgroup2 inside: docker runs (hybrid host)
     }
+
+
+def disable_argv(rootfs: Path) -> list[str]:
+    return ["systemctl", f"--root={rootfs}", "disable", *OFF_UNTIL_CONFIGURED]
 
 
 def exec_argv(machine: Machine, argv: list[str]) -> list[str]:
@@ -216,6 +223,9 @@ def create(name: str, boot: bootstrap.Bootstrap, progress: Progress, *, state: P
     progress(f"Unpacking the Debian 13 image for {name}")
     image.unpack(path, rootfs)
     bootstrap.apply(rootfs, boot, hostname=boot.hostname or name, image_packages=image.PACKAGES)
+    disable = subprocess.run(disable_argv(rootfs), capture_output=True, text=True)
+    if disable.returncode != 0:
+        raise ProvisionError(f"could not disable {', '.join(OFF_UNTIL_CONFIGURED)}: {disable.stderr.strip()[:200]}")
     if boot.ignored:
         progress(f"  note: cloud-init keys not applied by the local provider: {', '.join(boot.ignored)}")
     (directory / "backups").mkdir(exist_ok=True, mode=0o700)
