@@ -72,6 +72,14 @@ def test_install_replaces_trees_whole_and_runtime_is_private() -> None:
     ]
 
 
+def test_the_configure_lock_is_held_while_stdin_is_open() -> None:
+    assert commands.lock_argv(LAYOUT, "fedi") == [
+        "sudo", "-n", "-H", "--",
+        "flock", "--nonblock", "--conflict-exit-code", "75", "/run/lock/fedi-configure.lock",
+        "sh", "-c", "echo fedi-configure-lock-held && exec cat >/dev/null",
+    ]  # fmt: skip
+
+
 def test_cleanup_only_ever_removes_a_staging_dir() -> None:
     assert commands.cleanup_argv("/tmp/fedi-upload.x1", "root") == ["rm", "-rf", "--", "/tmp/fedi-upload.x1"]
     with pytest.raises(ValueError):

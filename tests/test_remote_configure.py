@@ -215,3 +215,20 @@ def test_a_playbook_that_does_not_rotate_the_key_is_an_error(sshd: Sshd, tmp_pat
             sshd.access, bundle, runtime, lambda _: None, layout=layout, log_dir=tmp_path / "l", ansible_dir=ansible
         )
     assert err.value.message.startswith(f"the playbook did not write {layout.host_key_file} on 127.0.0.1: ")
+
+
+def test_one_configure_at_a_time(sshd: Sshd, tmp_path: Path) -> None:
+    bundle, ansible, layout, runtime, _ = setup(tmp_path, sshd)
+    layout = replace(layout, lock_file=str(tmp_path / "configure.lock"))
+    with connect(sshd.access) as other:  # another operator's run holds the lock
+        chan, _ = other.hold(commands.lock_argv(layout, sshd.access.user), commands.LOCKED)
+        assert chan is not None
+        with pytest.raises(RemoteError, match=r"^another fedi run is configuring 127\.0\.0\.1 right now"):
+            configure(sshd.access, bundle, runtime, print, layout=layout, log_dir=tmp_path / "l", ansible_dir=ansible)
+        assert not Path(layout.root).exists()
+        other.release(chan)
+    # released: the lock can be taken again at once
+    with connect(sshd.access) as again:
+        chan, rc = again.hold(commands.lock_argv(layout, sshd.access.user), commands.LOCKED)
+        assert chan is not None, rc
+        again.release(chan)

@@ -22,6 +22,7 @@ class Layout:
     root: str = "/opt/fedi"  # bundle, ansible, runtime.yml and the rotated host key live here
     app_dir: str = "/opt/fedi/app"  # the compose project directory
     ansible_playbook: str = "ansible-playbook"  # the program; Debian's ansible-core on the server
+    lock_file: str = "/run/lock/fedi-configure.lock"  # one configure at a time per server
 
     @property
     def bundle_dir(self) -> str:
@@ -75,6 +76,23 @@ def ansible_argv(layout: Layout, user: str) -> list[str]:
         ],
         user,
     )
+
+
+LOCKED = "fedi-configure-lock-held"
+LOCK_BUSY = 75  # EX_TEMPFAIL
+
+
+def lock_argv(layout: Layout, user: str) -> list[str]:
+    """Hold the server's configure lock for as long as this command's stdin stays open.
+
+    It prints LOCKED once it holds the lock and exits LOCK_BUSY at once if another run holds it.
+    When the connection ends for any reason, ``cat`` reads EOF and the lock is released.
+    """
+    return privileged(
+        ["flock", "--nonblock", "--conflict-exit-code", str(LOCK_BUSY), layout.lock_file,
+         "sh", "-c", f"echo {LOCKED} && exec cat >/dev/null"],
+        user,
+    )  # fmt: skip
 
 
 def staging_argv() -> list[str]:

@@ -127,23 +127,34 @@ def configure(
 
     try:
         with connect_when_ready(access, ssh_timeout) as session:
-            log_path, log_fd = _open_log(log_dir, access.address)  # only once connected to the pinned host
-            staging = session.check(commands.staging_argv()).strip()
+            lock, rc = session.hold(commands.lock_argv(layout, access.user), commands.LOCKED)
+            if lock is None:
+                busy = rc == commands.LOCK_BUSY
+                raise RemoteError(
+                    f"another fedi run is configuring {access.address} right now; try again when it is done"
+                    if busy
+                    else f"cannot take the configure lock {layout.lock_file} on {access.address} (exit {rc})"
+                )
             try:
-                files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")
-                files += put_tree(session.sftp, ansible_dir or resources.ansible_dir(), f"{staging}/ansible")
-                put_private(session.sftp, f"{staging}/runtime.yml", runtime_text.encode())
-                progress(f"uploaded the bundle and the playbook to {access.address} ({files} files)")
-                for argv in commands.install_argvs(layout, staging, access.user):
-                    session.check(argv)
+                log_path, log_fd = _open_log(log_dir, access.address)  # only once connected to the pinned host
+                staging = session.check(commands.staging_argv()).strip()
+                try:
+                    files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")
+                    files += put_tree(session.sftp, ansible_dir or resources.ansible_dir(), f"{staging}/ansible")
+                    put_private(session.sftp, f"{staging}/runtime.yml", runtime_text.encode())
+                    progress(f"uploaded the bundle and the playbook to {access.address} ({files} files)")
+                    for argv in commands.install_argvs(layout, staging, access.user):
+                        session.check(argv)
+                finally:
+                    session.run(commands.cleanup_argv(staging, access.user))
+                progress(f"running the playbook on {access.address}")
+                rc = session.stream(commands.ansible_argv(layout, access.user), on_line, timeout=timeout)
+                message = failure_message(out, rc, access.address, log_path)
+                if message:
+                    raise RemoteError(redact(message))
+                krc, key_out, _ = session.run(commands.read_host_key_argv(layout, access.user))
             finally:
-                session.run(commands.cleanup_argv(staging, access.user))
-            progress(f"running the playbook on {access.address}")
-            rc = session.stream(commands.ansible_argv(layout, access.user), on_line, timeout=timeout)
-            message = failure_message(out, rc, access.address, log_path)
-            if message:
-                raise RemoteError(redact(message))
-            krc, key_out, _ = session.run(commands.read_host_key_argv(layout, access.user))
+                session.release(lock)
     except (paramiko.SSHException, OSError, EOFError) as exc:  # the connection dropped, SFTP refused a write
         where = f"; log so far: {log_path}" if log_fd >= 0 else ""
         raise RemoteError(

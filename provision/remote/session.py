@@ -137,6 +137,39 @@ class Session:
             raise RemoteError(f"`{shlex.join(argv)}` failed on {self.access.address} (exit {rc}): {last}")
         return out
 
+    def hold(self, argv: list[str], ready: str, *, timeout: float = 30) -> tuple[paramiko.Channel | None, int]:
+        """Start ``argv`` and leave it running once it printed ``ready``: (channel, -1). If it exits
+        first: (None, its exit code). Closing the channel ends it (its stdin reaches EOF)."""
+        deadline = time.monotonic() + timeout
+        chan = self._channel(argv, timeout)
+        out = b""
+        while ready.encode() not in out:
+            select.select([chan], [], [], 0.1)
+            while chan.recv_ready():
+                out += chan.recv(4096)
+            if ready.encode() in out:
+                break
+            if chan.exit_status_ready():
+                rc = chan.recv_exit_status()
+                chan.close()
+                return None, rc
+            if time.monotonic() > deadline:
+                chan.close()
+                raise RemoteError(f"{argv[0]} on {self.access.address} did not start within {timeout:.0f}s")
+        return chan, -1
+
+    def release(self, chan: paramiko.Channel, *, timeout: float = 10) -> None:
+        """End a command started with :meth:`hold`: close its stdin and wait (bounded) for it to exit."""
+        deadline = time.monotonic() + timeout
+        try:
+            chan.shutdown_write()
+            while not chan.exit_status_ready() and time.monotonic() < deadline:
+                select.select([chan], [], [], 0.1)
+                while chan.recv_ready():
+                    chan.recv(4096)
+        finally:
+            chan.close()
+
     def stream(self, argv: list[str], on_line: Callable[[str], None], *, timeout: float) -> int:
         """Run ``argv`` with stderr merged into stdout, calling ``on_line`` per line as it arrives."""
         deadline = time.monotonic() + timeout
