@@ -1,0 +1,229 @@
+"""End to end on this machine: `fedi up --provider local` through the real CLI, the real bundle,
+remote (paramiko with the pinned key), the real playbook on a booted Debian 13 machine; then checks
+on that machine, a second playbook run with no change, and `fedi down` leaving nothing behind.
+
+Apps: lemmy by default; FEDI_E2E_APPS=lemmy,mastodon,kbin runs each (about 4 minutes apiece).
+The app's own containers cannot start here (no registry): the playbook skips exactly that step
+(fedi_start_app=false) and the compose project is validated on the machine instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from provision import cli
+from provision.local import machine
+
+pytestmark = pytest.mark.testhost
+
+APPS = [a.strip() for a in os.environ.get("FEDI_E2E_APPS", "lemmy").split(",") if a.strip()]
+TIMERS = ("fedi-backup.timer", "fedi-backup-check.timer", "fedi-cleanup.timer")
+
+
+@dataclass(frozen=True)
+class Deployed:
+    software: str
+    domain: str
+    stack: str
+    dirs: dict[str, str]  # FEDI_* env of this deployment
+    rc: int  # exit code of `fedi up`
+
+
+def _env(dirs: dict[str, str]):
+    mp = pytest.MonkeyPatch()
+    for key, value in dirs.items():
+        mp.setenv(key, value)
+    return mp
+
+
+@pytest.fixture(scope="module", params=APPS)
+def deployed(request, local_image, tmp_path_factory):
+    software = request.param
+    domain = f"{software}.localhost"
+    root = tmp_path_factory.mktemp(f"e2e-{software}")
+    dirs = {f"FEDI_{k}_DIR": str(root / k.lower()) for k in ("STATE", "CACHE", "CONFIG")}
+    dirs["FEDI_IMAGE_DIR"] = str(local_image.parent)
+    mp = _env(dirs)
+    try:
+        argv = ["up", "--provider", "local", "--software", software, "--size", "tiny", "--domain", domain, "--yes"]
+        rc = cli.main(argv)
+        yield Deployed(software, domain, domain.replace(".", "-"), dirs, rc)
+    finally:
+        from provision.providers.local import LocalProvider
+
+        prov = LocalProvider()
+        if prov._store().exists(domain.replace(".", "-")):
+            prov.down(domain.replace(".", "-"), lambda _: None, purge_backups=True)
+        mp.undo()
+
+
+@pytest.fixture
+def here(deployed, monkeypatch):
+    """Run the test with the deployment's FEDI_* dirs (the autouse fixture set per-test ones)."""
+    for key, value in deployed.dirs.items():
+        monkeypatch.setenv(key, value)
+    return deployed
+
+
+def _provider():
+    from provision.providers.local import LocalProvider
+
+    return LocalProvider()
+
+
+def _record(stack: str) -> machine.Machine:
+    record = machine.load(stack)
+    assert record is not None and machine.running(record), f"local machine {stack} is not running"
+    return record
+
+
+def inside(stack: str, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120):
+    """Run argv inside the machine; secrets go through the environment, never argv."""
+    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    return subprocess.run(
+        machine.exec_argv(_record(stack), argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+    )
+
+
+def _vars(stack: str) -> dict:
+    import yaml
+
+    from provision import lifecycle
+
+    return yaml.safe_load((lifecycle.bundle_dir(stack) / "ansible-vars.yml").read_text())
+
+
+def test_up_succeeds(here):
+    assert here.rc == 0
+    out = _provider().outputs(here.stack)
+    assert out.extra["state"] == "running" and out.extra["start_app"] is False
+    assert out.access.host_key and out.access.host_key != _provider()._doc(here.stack)["bootstrap_host_key"]
+
+
+def test_postgres_accepts_the_app_role_with_its_password(here):
+    v = _vars(here.stack)
+    conninfo = f"host=127.0.0.1 user={v['fedi_db_user']} dbname={v['fedi_db_name']}"
+    query = ["psql", conninfo, "-Atc", "select current_user"]
+    ok = inside(here.stack, query, env={"PGPASSWORD": v["fedi_db_password"]})
+    assert ok.returncode == 0 and ok.stdout.strip() == v["fedi_db_user"], ok.stderr
+    bad = inside(here.stack, query, env={"PGPASSWORD": "not-the-password"})
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+
+
+def test_valkey_answers_with_its_password(here):
+    v = _vars(here.stack)
+    if not v.get("fedi_valkey_enabled"):
+        assert inside(here.stack, ["systemctl", "is-active", "valkey-server"]).stdout.strip() != "active"
+        return
+    ok = inside(
+        here.stack, ["valkey-cli", "--no-auth-warning", "ping"], env={"REDISCLI_AUTH": v["fedi_valkey_password"]}
+    )
+    assert ok.stdout.strip() == "PONG", ok.stderr
+    denied = inside(here.stack, ["valkey-cli", "ping"])
+    assert "NOAUTH" in denied.stdout + denied.stderr
+
+
+def _tls_get(address: str, domain: str, context: ssl.SSLContext) -> tuple[str, dict]:
+    with (
+        socket.create_connection((address, 443), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=domain) as tls,
+    ):
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n".encode())
+        head = tls.recv(4096).decode(errors="replace")
+        return head.split("\r\n", 1)[0], tls.getpeercert()
+
+
+def test_caddy_serves_the_domain_with_its_internal_ca(here):
+    out = _provider().outputs(here.stack)
+    ca = Path(out.extra["ca_bundle"])
+    assert ca.is_file()
+    status, cert = _tls_get(out.access.address, here.domain, ssl.create_default_context(cafile=str(ca)))
+    assert status.startswith("HTTP/1.1 ")  # 502 while the app's containers are not running
+    names = [value for kind, value in cert["subjectAltName"] if kind == "DNS"]
+    assert names == [here.domain]
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_get(out.access.address, here.domain, ssl.create_default_context())  # not a public CA
+
+
+def test_backup_and_cleanup_timers_are_enabled_and_a_timer_fires(here):
+    for timer in TIMERS:
+        assert inside(here.stack, ["systemctl", "is-enabled", timer]).stdout.strip() == "enabled", timer
+        assert inside(here.stack, ["systemctl", "is-active", timer]).stdout.strip() == "active", timer
+    fired = "/run/fedi-e2e-timer-fired"
+    started = inside(here.stack, ["systemd-run", "--on-active=1", "--unit=fedi-e2e-probe", "touch", fired])
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 60
+    while inside(here.stack, ["test", "-e", fired]).returncode != 0:
+        assert time.monotonic() < deadline, "a one-second systemd timer did not fire within 60s"
+        time.sleep(1)
+
+
+def test_the_backup_service_runs_and_writes_off_the_machine(here):
+    run = inside(here.stack, ["systemctl", "start", "fedi-backup.service"], timeout=600)
+    result = inside(here.stack, ["systemctl", "show", "-P", "Result", "fedi-backup.service"]).stdout.strip()
+    log = inside(here.stack, ["journalctl", "-u", "fedi-backup.service", "-n", "20", "--no-pager"]).stdout
+    assert run.returncode == 0 and result == "success", log
+    repo = machine.load(here.stack).backups / "restic"
+    assert (repo / "config").is_file() and any((repo / "snapshots").iterdir())
+
+
+def test_firewall_is_loaded_and_coexists_with_docker(here):
+    tables = inside(here.stack, ["nft", "list", "tables"]).stdout.split("\n")
+    assert "table inet fedi" in tables
+    docker_nat = inside(here.stack, ["nft", "list", "chain", "ip", "nat", "DOCKER"])
+    assert docker_nat.returncode == 0, f"Docker's nat table is gone: {tables}"
+    fedi = inside(here.stack, ["nft", "list", "table", "inet", "fedi"]).stdout
+    assert "policy drop" in fedi and "dport 22" in fedi.replace("{ ", "").replace("tcp dport", "dport")
+
+
+def test_dockerd_runs_and_compose_accepts_the_project(here):
+    assert inside(here.stack, ["systemctl", "is-active", "docker"]).stdout.strip() == "active"
+    assert inside(here.stack, ["docker", "info", "--format", "{{.ServerVersion}}"]).returncode == 0
+    config = inside(
+        here.stack, ["docker", "compose", "--project-directory", "/opt/fedi/app", "config", "--format", "json"]
+    )
+    assert config.returncode == 0, config.stderr
+    assert json.loads(config.stdout)["name"] == "fedi"
+
+
+def test_a_second_playbook_run_changes_nothing(here):
+    from provision import lifecycle
+    from provision.model import Bundle
+    from provision.remote.configure import configure  # `remote.configure` is the submodule once imported
+
+    root = lifecycle.bundle_dir(here.stack)
+    manifest = json.loads((root / "manifest.json").read_text())
+    cloud_init = (root / manifest["files"]["cloud-init"]).read_text()
+    prov = _provider()
+    bundle = Bundle(root, manifest, cloud_init, prov._doc(here.stack)["bootstrap_host_key"])
+    out = prov.outputs(here.stack)
+    lines: list[str] = []
+    result = configure(out.access, bundle, lifecycle.runtime_vars(out), lines.append)
+    assert (result.changed, result.failed) == (0, 0), "\n".join(line for line in lines if "changed" in line)
+    assert result.host_key.split()[:2] == out.access.host_key.split()[:2]
+
+
+def test_status_then_down_leaves_nothing(here):
+    record = _record(here.stack)
+    assert cli.main(["status", "--provider", "local", "--domain", here.domain, "--no-health"]) == 0
+    assert cli.main(["down", "--provider", "local", "--domain", here.domain, "--yes", "--purge-backups"]) == 0
+    assert _provider().stacks() == []
+    assert not machine.alive(record.pid) and not Path(f"/proc/{record.leader}").exists()
+    assert not Path(record.netns).exists()
+    assert not Path(f"/sys/class/net/{record.net.host_if}").exists()
+    assert [g for g in record.groups if Path(g).exists()] == []
+    assert [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if record.directory in line] == []
+    assert not Path(record.directory).exists()
