@@ -269,6 +269,10 @@ def resize_cmd(
         raise UsageError(f"size: {name} is already {size}")
     new_spec = replace(spec, size=size)
     note(f"{name}: {spec.size} -> {size}. The server is powered off while its type changes (about 1-3 minutes).")
+    if spec.provider == "hetzner":
+        from provision.cost import monthly_cost, resize_difference
+
+        note(resize_difference(monthly_cost(spec), monthly_cost(new_spec)).text())
     if not yes and not _confirm(f"Resize {spec.domain} to {size}?"):
         raise Aborted("nothing was changed")
     result = lifecycle.resize(new_spec, prov, progress_printer())
