@@ -4,6 +4,7 @@ docker, limits, backups bind mount, and a teardown that leaves nothing behind.""
 from __future__ import annotations
 
 import base64
+import os
 import time
 import uuid
 from pathlib import Path
@@ -158,3 +159,78 @@ def test_app_specific_services_are_off_until_the_playbook_enables_them(test_mach
         state = test_machine.run(["systemctl", "is-enabled", unit]).stdout.strip()
         assert state == "disabled", unit
     assert test_machine.run(["systemctl", "is-enabled", "postgresql"]).stdout.strip() == "enabled"
+
+
+SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(1)
+srv.settimeout(90)
+print("ready", flush=True)
+conn, peer = srv.accept()
+print(peer[0], flush=True)
+"""
+
+
+def test_internet_access_is_forwarded_and_masqueraded(local_image, tmp_path):
+    """An "outside" endpoint in its own namespace stands in for the internet: the machine reaches it
+    through the host, and it sees the host's address (masquerade), never the machine's."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("nft") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("nft is not installed (scripts/test installs nftables)")
+        pytest.skip("nft is not installed")
+    outside = net.setup(f"outside-{uuid.uuid4().hex[:6]}")
+    name = f"fedi-nat-{uuid.uuid4().hex[:6]}"
+    directory = machine.machine_dir(name, tmp_path)
+    directory.mkdir(parents=True)
+    machine.create(name, manual.dev_bootstrap(directory), lambda _: None, state=tmp_path)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", outside.netns, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        m = machine.boot(name, lambda _: None, cpus=1, memory_mb=1024, state=tmp_path, internet=True)
+        assert m.extra["internet"] == "yes"
+        connect = f"import socket; socket.create_connection(({outside.address!r}, 8080), 10).close()"
+        result = machine.run_in(m, ["python3", "-c", connect], timeout=60)
+        assert result.returncode == 0, result.stderr
+        seen = server.stdout.readline().strip()
+        assert seen == outside.host_address and seen != m.address
+        assert subprocess.run(["nft", "list", "table", "ip", m.net.netns], capture_output=True).returncode == 0
+    finally:
+        server.kill()
+        server.wait()
+        machine.destroy(name, lambda _: None, state=tmp_path, purge_backups=True)
+        net.teardown(outside)
+    assert subprocess.run(["nft", "list", "table", "ip", m.net.netns], capture_output=True).returncode != 0
+    assert not net.exists(outside) and not net.exists(m.net)
+
+
+def test_a_failed_boot_leaves_nothing(local_image, tmp_path, monkeypatch):
+    from provision.errors import ProvisionError
+
+    name = f"fedi-fail-{uuid.uuid4().hex[:6]}"
+    directory = machine.machine_dir(name, tmp_path)
+    directory.mkdir(parents=True)
+    machine.create(name, manual.dev_bootstrap(directory), lambda _: None, state=tmp_path)
+    planned = net.plan(name, 1)
+
+    def refuse(network):
+        assert net.exists(network)  # the namespace was made before the failure
+        raise ProvisionError("no NAT here")
+
+    monkeypatch.setattr(net, "enable_nat", refuse)
+    try:
+        with pytest.raises(ProvisionError, match="no NAT here"):
+            machine.boot(name, lambda _: None, cpus=1, memory_mb=1024, state=tmp_path, internet=True)
+        assert not Path(f"/run/netns/fedi-{planned.short}").exists()
+        assert not Path(f"/sys/class/net/{planned.host_if}").exists()
+        assert [g for g in cgroups.plan(planned.short).all() if g.exists()] == []
+    finally:
+        machine.destroy(name, lambda _: None, state=tmp_path, purge_backups=True)

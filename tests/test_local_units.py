@@ -172,3 +172,27 @@ def test_disable_argv():
     assert machine.disable_argv(Path("/r")) == [
         "systemctl", "--root=/r", "disable", "valkey-server.service", "rabbitmq-server.service",
     ]  # fmt: skip
+
+
+def test_nat_commands_masquerade_only_the_machines_slash30():
+    n = net.plan("m", 1)
+    cmds = net.nat_commands(n)
+    table = ["ip", n.netns]
+    assert cmds[0] == ["nft", "add", "table", *table]
+    masquerade = ["ip", "saddr", "10.213.0.4/30", "oifname", "!=", n.host_if, "masquerade"]
+    assert ["nft", "add", "rule", *table, "masq", *masquerade] in cmds
+    assert net.nat_teardown_commands(n) == [["nft", "delete", "table", *table]]
+
+
+def test_internet_reachable_is_a_bounded_tcp_probe():
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        assert net.internet_reachable((("127.0.0.1", port),), timeout=2)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert not net.internet_reachable((("127.0.0.1", port),), timeout=2)

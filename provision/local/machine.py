@@ -233,19 +233,18 @@ def create(name: str, boot: bootstrap.Bootstrap, progress: Progress, *, state: P
     return directory
 
 
-def boot(
-    name: str, progress: Progress, *, cpus: float, memory_mb: int, state: Path | None = None, timeout: float = 180
-) -> Machine:
-    """Boot the (created) machine, or return it if it is already running; waits for sshd."""
-    check_host()
-    directory = machine_dir(name, state)
-    if not (directory / "bootstrapped").exists():
-        raise ProvisionError(f"there is no local machine {name!r} to boot")
-    previous = load(name, state)
-    if previous and running(previous):
-        return previous
-    network = net.setup(name, previous.net_index if previous else None)
-    groups = cgroups.plan(network.short)
+def _launch(
+    name: str,
+    directory: Path,
+    network: net.Net,
+    groups: cgroups.Groups,
+    cpus: float,
+    memory_mb: int,
+    internet: bool,
+    progress: Progress,
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    if internet:
+        net.enable_nat(network)
     cgroups.create(groups)
     unenforced = cgroups.apply_limits(groups, cpus, memory_mb)
     for item in unenforced:
@@ -263,6 +262,36 @@ def boot(
             start_new_session=True,  # outlives this process: `fedi up` returns, the machine stays
             preexec_fn=lambda: cgroups.join(groups),
         )
+    return proc, unenforced
+
+
+def boot(
+    name: str,
+    progress: Progress,
+    *,
+    cpus: float,
+    memory_mb: int,
+    state: Path | None = None,
+    timeout: float = 180,
+    internet: bool = False,
+) -> Machine:
+    """Boot the (created) machine, or return it if it is already running; waits for sshd.
+    ``internet``: forward and masquerade the machine's traffic through the host (net.enable_nat)."""
+    check_host()
+    directory = machine_dir(name, state)
+    if not (directory / "bootstrapped").exists():
+        raise ProvisionError(f"there is no local machine {name!r} to boot")
+    previous = load(name, state)
+    if previous and running(previous):
+        return previous
+    network = net.setup(name, previous.net_index if previous else None)
+    groups = cgroups.plan(network.short)
+    try:
+        proc, unenforced = _launch(name, directory, network, groups, cpus, memory_mb, internet, progress)
+    except BaseException:  # nothing runs yet: remove what was set up, so a failed boot leaves nothing
+        net.teardown(network)
+        cgroups.remove(groups)
+        raise
     _CHILDREN[proc.pid] = proc
     machine = Machine(
         name=name,
@@ -277,6 +306,7 @@ def boot(
         groups=tuple(str(g) for g in groups.all()),
         unenforced=tuple(unenforced),
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        extra={"internet": "yes" if internet else "no"},
     )
     _save(machine)
     try:

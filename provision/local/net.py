@@ -2,8 +2,10 @@
 
 Each machine gets one /30 from ``SUBNET``: the host side of the veth is ``.1``, the machine side
 (``eth0`` inside the namespace) is ``.2``, with a default route via the host. The host reaches the
-machine at its ``.2`` address directly; traffic never leaves the machine (no forwarding or NAT is
-set up, so the machine has no internet access of its own).
+machine at its ``.2`` address directly. By default traffic never leaves the host: the machine has
+no internet access of its own. With ``internet`` (the local provider asks for it when this host can
+reach the image registries), the host forwards and masquerades the machine's traffic through its
+own nftables table ``ip fedi-<short>`` (removed with the machine), and sets net.ipv4.ip_forward=1.
 
 Commands are built as data (lists of argv lists) and run by :func:`setup` / :func:`teardown`.
 """
@@ -14,17 +16,21 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.errors import ProvisionError
+from provision.errors import MissingPrerequisite, ProvisionError
 
 SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
 NETNS_DIR = Path("/run/netns")
 LOCK = Path("/run/fedi-local-net.lock")
 GUEST_IF = "eth0"
+# Where the apps' images come from (Docker Hub for Lemmy, GHCR for Mastodon and mbin).
+REGISTRIES: tuple[tuple[str, int], ...] = (("registry-1.docker.io", 443), ("ghcr.io", 443))
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,47 @@ def teardown_commands(net: Net) -> list[list[str]]:
     return [["ip", "link", "del", net.host_if], ["ip", "netns", "del", net.netns]]
 
 
+def nat_commands(net: Net) -> list[list[str]]:
+    """The host's own table for one machine: masquerade its /30, forward its traffic."""
+    table = ["ip", net.netns]
+    subnet = str(ipaddress.IPv4Interface(f"{net.address}/30").network)
+    return [
+        ["nft", "add", "table", *table],
+        ["nft", "add", "chain", *table, "masq", "{ type nat hook postrouting priority srcnat; }"],
+        ["nft", "add", "rule", *table, "masq", "ip", "saddr", subnet, "oifname", "!=", net.host_if, "masquerade"],
+        ["nft", "add", "chain", *table, "pass", "{ type filter hook forward priority filter; }"],
+        ["nft", "add", "rule", *table, "pass", "iifname", net.host_if, "accept"],
+        ["nft", "add", "rule", *table, "pass", "oifname", net.host_if, "ct", "state", "established,related", "accept"],
+    ]
+
+
+def nat_teardown_commands(net: Net) -> list[list[str]]:
+    return [["nft", "delete", "table", "ip", net.netns]]
+
+
+def internet_reachable(endpoints: tuple[tuple[str, int], ...] = REGISTRIES, timeout: float = 3.0) -> bool:
+    """Can this host open TCP connections to every endpoint (the app image registries)? Bounded."""
+    for host, port in endpoints:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError:
+            return False
+    return True
+
+
+def enable_nat(net: Net) -> None:
+    if shutil.which("nft") is None:
+        raise MissingPrerequisite("nft is not installed on this host", hint="apt-get install nftables")
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    _run(["nft", "delete", "table", "ip", net.netns])  # a leftover from a crash: start clean
+    for argv in nat_commands(net):
+        result = _run(argv)
+        if result.returncode != 0:
+            detail = f"{' '.join(argv)}: {result.stderr.strip()}"
+            raise ProvisionError(f"could not give the machine internet access: {detail}")
+
+
 def used_indexes(ip_addr_output: str) -> set[int]:
     """The /30 indexes already taken on this host, from ``ip -o -4 addr show`` output."""
     used: set[int] = set()
@@ -126,6 +173,7 @@ def setup(name: str, index: int | None = None) -> Net:
 
 
 def teardown(net: Net) -> None:
-    """Remove the veth and the namespace; missing pieces are fine (idempotent)."""
-    for argv in teardown_commands(net):
+    """Remove the veth, the namespace and the NAT table; missing pieces are fine (idempotent)."""
+    commands = teardown_commands(net) + (nat_teardown_commands(net) if shutil.which("nft") else [])
+    for argv in commands:
         _run(argv)

@@ -5,8 +5,10 @@ bootstrap (admin user, client key, pre-generated host key) and boots it in its o
 from there the same remote + playbook + health path as Hetzner runs against the machine's address.
 Secrets and the stack's record live encrypted in ``provision.state`` under ``<state_dir>/local/<stack>``.
 
-The machine has no internet access of its own (no forwarding or NAT from its namespace), so the app's
-images cannot be pulled there: ``start_app`` is False and `up` says so; everything else runs.
+Where this host can reach the image registries (and has ``nft``), the machine gets internet access
+through the host (forwarding + masquerade in the host's own ``ip fedi-<short>`` table) and the app's
+containers start. Where it cannot, the machine stays offline, ``start_app`` is False and `up` says
+exactly that; everything else runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ APT_PACKAGES = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstr
 CADDY_ROOT_CA = "var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 NEED_DISK_MB = {"state": 4096, "cache": 1536}  # unpacked rootfs + data; the image while it is built
 APP_NOTE = "the app's containers are not started: their images cannot be pulled from this machine"
+NFT_NOTE = "this host reaches the image registries but has no nft: `apt-get install nftables` to let the machine pull"
 
 
 def install_argv(packages: list[str]) -> list[str]:
@@ -48,10 +51,17 @@ def _now() -> str:
 class LocalProvider:
     name = "local"
 
-    def __init__(self, yes: bool = False, confirm: Callable[[str], bool] | None = None, boot_timeout: float = 180):
+    def __init__(
+        self,
+        yes: bool = False,
+        confirm: Callable[[str], bool] | None = None,
+        boot_timeout: float = 180,
+        internet: bool | None = None,
+    ):
         self.yes = yes  # install missing host packages without asking
         self.confirm = confirm  # asks the user (None: never ask; the missing piece is reported)
         self.boot_timeout = boot_timeout
+        self.internet = internet  # give the machine internet access; None = when the registries answer
 
     # -- state --
 
@@ -143,7 +153,7 @@ class LocalProvider:
             PlannedResource("local:network", f"fedi-{name}", "same" if record else "create"),
             PlannedResource("local:machine", name, action, props),
         ]
-        notes = (f"{APP_NOTE}; everything else runs",)
+        notes = ("the app's containers start only if this host can reach the image registries",)
         return Plan(name, self.name, tuple(resources), notes=notes)
 
     # -- create, change, destroy --
@@ -161,17 +171,31 @@ class LocalProvider:
         record = machine.load(name)
         if record is not None and machine.running(record) and (record.cpus, record.memory_mb) != (cpus, memory):
             machine.resize(name, cpus, memory)
-        booted = machine.boot(name, progress, cpus=cpus, memory_mb=memory, timeout=self.boot_timeout)
+        internet = self._internet(progress)
+        booted = machine.boot(name, progress, cpus=cpus, memory_mb=memory, timeout=self.boot_timeout, internet=internet)
         for item in booted.unenforced:
             progress(f"  not enforced here: {item}")
+        start_app = booted.extra.get("internet") == "yes"
         doc = self._doc(name)
-        changes: dict[str, Any] = {"machine": name, "address": booted.address}
+        changes: dict[str, Any] = {"machine": name, "address": booted.address, "start_app": start_app}
         if not doc.get("bootstrap_host_key"):
             changes["bootstrap_host_key"] = bundle.host_public_key
         self._store().update(name, **changes)
         self._client_key_file(name, secrets["ssh_client_key"])
-        progress(f"  {APP_NOTE}")
+        progress("  the machine pulls the app's images through this host" if start_app else f"  {APP_NOTE}")
         return self.outputs(name)
+
+    def _internet(self, progress: Progress) -> bool:
+        from provision.local import net
+
+        if self.internet is not None:
+            return self.internet
+        if not net.internet_reachable():
+            return False
+        if shutil.which("nft") is None:
+            progress(f"  {NFT_NOTE}")
+            return False
+        return True
 
     def resize(self, spec: InstanceSpec, old: Sizing, new: Sizing, progress: Progress) -> StackOutputs:
         from provision.local import machine
@@ -215,7 +239,10 @@ class LocalProvider:
         extra: dict[str, Any] = {
             k: doc.get(k) for k in ("software", "size", "domain", "production", "ephemeral", "expires", "created")
         }
-        extra.update(start_app=False, app_note=APP_NOTE, url=f"https://{doc.get('domain', '')}/")
+        start_app = bool(doc.get("start_app", False))
+        extra.update(start_app=start_app, url=f"https://{doc.get('domain', '')}/")
+        if not start_app:
+            extra["app_note"] = APP_NOTE
         if record is not None:
             ca = record.rootfs / CADDY_ROOT_CA
             extra.update(
