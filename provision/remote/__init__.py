@@ -30,4 +30,6 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'provision.remote' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"provision.remote.{_EXPORTS[name]}"), name)
+    value = getattr(importlib.import_module(f"provision.remote.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # importing provision.remote.configure set `configure` to the submodule
+    return value
