@@ -89,6 +89,19 @@ def mocks_class():
     return RecordingMocks
 
 
+def _close_event_loops() -> None:
+    """Close the loops Pulumi's runtime left behind (its worker threads each make one in
+    ``_sync_await``). Left to the garbage collector at exit they can print "Exception ignored ...
+    Invalid file descriptor" tracebacks. Pulumi makes fresh loops for the next run."""
+    import asyncio
+    import gc
+
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_running() and not obj.is_closed():
+            obj.close()
+    asyncio.set_event_loop(None)
+
+
 def run(cfg) -> OfflineRun:
     """Run ``stacks.hetzner.program(cfg)`` under mocks; return the declared resources and exports."""
     import pulumi
@@ -104,7 +117,10 @@ def run(cfg) -> OfflineRun:
         exports = program(cfg)
         return pulumi.Output.all(**exports).apply(result.outputs.update)
 
-    _run()
+    try:
+        _run()
+    finally:
+        _close_event_loops()
     result.resources = [r for r in mocks.recorded if not r.type.startswith("pulumi:providers:")] + [
         r for r in mocks.recorded if r.type.startswith("pulumi:providers:")
     ]

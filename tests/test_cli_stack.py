@@ -52,6 +52,7 @@ def test_plan_works_offline_and_lists_everything_with_the_cost(tmp_path):
     run = fedi(["plan", *LEMMY, "--json"], tmp_path)
     assert run.returncode == 0, run.stderr
     assert "planning offline under Pulumi's mocks" in run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
     plan = json.loads(run.stdout)
     assert plan["offline"] is True
     assert any("mocks" in n for n in plan["notes"])
