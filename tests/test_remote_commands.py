@@ -283,3 +283,21 @@ def test_secret_values_come_from_the_vars_and_every_env_file(tmp_path: Path) -> 
     assert values == {"db-pass-1234", "abcdef0123456789", "primary-key-value", "vapid-private-key", "restic-pass-99"}
     redact = Redactor(values)
     assert redact("PGPASSWORD=db-pass-1234 host=social.example.org") == "PGPASSWORD=******** host=social.example.org"
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import provision.remote.configure; from provision import remote",
+        "from provision import remote; import provision.remote.configure",
+        "from provision.remote.configure import secret_values; from provision import remote",
+        "from provision.remote import commands; from provision import remote",
+    ],
+)
+def test_remote_configure_is_the_function_whatever_was_imported_first(imports: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"{imports}; import types; assert isinstance(remote.configure, types.FunctionType), remote.configure"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

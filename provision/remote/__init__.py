@@ -1,35 +1,32 @@
 """Remote: reach a server over SSH with its host key pinned, configure it with the playbook, open a shell.
 
-The public names load paramiko on first use only, so importing the pure command builders
-(:mod:`provision.remote.commands`) or the output reader (:mod:`provision.remote.ansible_output`)
-stays light.
+Importing this package loads paramiko: import it inside the commands that need it (every caller
+does), never at the top of a module `fedi --help` loads.
+
+The submodules are imported here, eagerly, on purpose: ``provision.remote.configure`` is both a
+submodule and the function of that name, and Python binds a submodule onto its package the first
+time it is imported. Importing it here first, then binding the function, makes ``remote.configure``
+the function whatever is imported later and in whichever order.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from provision.remote import certs, configure, session, shell  # noqa: F401  (the submodules first)
+from provision.remote.certs import fetch_issuer
+from provision.remote.configure import ConfigureResult, configure  # noqa: F811  (the function wins)
+from provision.remote.session import HostKeyMismatch, Session, connect, connect_when_ready, run, wait_for_ssh
+from provision.remote.shell import interactive_shell, logs
 
-_EXPORTS = {
-    "ConfigureResult": "configure",
-    "configure": "configure",
-    "HostKeyMismatch": "session",
-    "Session": "session",
-    "connect": "session",
-    "connect_when_ready": "session",
-    "run": "session",
-    "wait_for_ssh": "session",
-    "fetch_issuer": "certs",
-    "interactive_shell": "shell",
-    "logs": "shell",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'provision.remote' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"provision.remote.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # importing provision.remote.configure set `configure` to the submodule
-    return value
+__all__ = [
+    "ConfigureResult",
+    "HostKeyMismatch",
+    "Session",
+    "configure",
+    "connect",
+    "connect_when_ready",
+    "fetch_issuer",
+    "interactive_shell",
+    "logs",
+    "run",
+    "wait_for_ssh",
+]
