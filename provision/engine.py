@@ -234,6 +234,7 @@ class PulumiEngine:
     def preview(self, cfg, progress: Progress) -> list[PlannedResource]:
         from stacks.hetzner import inline
 
+        existed = cfg.stack in self.stack_names()
         stack = self._stack(cfg.stack, inline(cfg))
         planned: list[PlannedResource] = []
 
@@ -242,7 +243,11 @@ class PulumiEngine:
             if step is not None:
                 planned.append(step)
 
-        self._run(cfg.stack, lambda: stack.preview(on_event=on_event))
+        try:
+            self._run(cfg.stack, lambda: stack.preview(on_event=on_event))
+        finally:
+            if not existed:  # a preview needs a stack; a plan leaves the backend as it found it
+                self._run(cfg.stack, lambda: stack.workspace.remove_stack(cfg.stack))
         return planned
 
     def up(self, cfg, progress: Progress) -> dict[str, Any]:

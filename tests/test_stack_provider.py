@@ -198,3 +198,14 @@ def test_dns_resolution_of_a_local_name():
 
     assert "127.0.0.1" in resolve_a("localhost")
     assert resolve_a("does-not-exist.invalid") == set()
+
+
+def test_a_stack_with_only_its_secrets_is_not_listed_and_has_no_outputs(hetzner):
+    spec = spec_of()
+    hetzner.secrets(spec)
+    assert hetzner.engine.stack_names() == ["social-example-org"]
+    assert hetzner.stacks() == []
+    with pytest.raises(ProvisionError, match="does not exist|no resources"):
+        hetzner.outputs("social-example-org")
+    hetzner.down("social-example-org", lambda _l: None)  # forgets it
+    assert hetzner.engine.stack_names() == []

@@ -252,6 +252,8 @@ class HetznerProvider:
 
     def outputs(self, stack: str) -> StackOutputs:
         out = self.engine.outputs(stack)
+        if not out:  # in the backend, but nothing was ever provisioned (e.g. only its secrets)
+            raise ProvisionError(f"stack {stack!r} has no resources yet", hint="run `fedi up`")
         cfg = self.stored_config(stack)
         pinned = self.engine.read_config(stack, "host_key") or ""
         secrets_text = self.engine.read_config(stack, "secrets")
@@ -285,6 +287,8 @@ class HetznerProvider:
             try:
                 out = self.engine.outputs(name)
             except ProvisionError:
+                continue
+            if not out:
                 continue
             created = out.get("created") or 0
             found.append(
