@@ -150,3 +150,27 @@ def test_backup_one_machine_and_restore_into_a_fresh_one(machines, monkeypatch, 
     assert rc == 0, err
     report = json.loads(out)
     assert report["ok"] and report["rows_restored"] >= 5200
+
+
+def test_an_unreachable_repository_fails_the_unit_visibly(machines, monkeypatch, capsys):
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    env = "/etc/fedi/restic.env"
+    assert inside(NEW, ["cp", "-p", env, "/root/restic.env.good"]).returncode == 0
+    try:
+        # Nothing listens on port 9 inside the machine: the repository is unreachable.
+        sed = ["sed", "-i", "s|^RESTIC_REPOSITORY=.*|RESTIC_REPOSITORY=s3:http://127.0.0.1:9/backups|", env]
+        assert inside(NEW, sed).returncode == 0
+        before = inside(NEW, ["find", "/opt/fedi", "/var/backups/fedi", "-type", "f"]).stdout
+        rows = psql(NEW, "SELECT count(*) FROM post")
+        rc, _, err = fedi(capsys, "backup", "now", "--domain", NEW, "--provider", "local")
+        assert rc == 7 and "the backup failed" in err, err
+        rc, out, _ = fedi(capsys, "backup", "status", "--domain", NEW, "--provider", "local", "--json")
+        assert rc == 1 and json.loads(out)["last_result"] == "exit-code"
+        result = inside(NEW, ["systemctl", "show", "-P", "Result", "fedi-backup.service"]).stdout.strip()
+        assert result == "exit-code"
+        after = inside(NEW, ["find", "/opt/fedi", "/var/backups/fedi", "-type", "f"]).stdout
+        assert set(before.split()) <= set(after.split()), "a failed backup deleted local files"
+        assert psql(NEW, "SELECT count(*) FROM post") == rows
+    finally:
+        inside(NEW, ["cp", "-p", "/root/restic.env.good", env])
