@@ -156,6 +156,11 @@ def test_caddy_serves_the_domain_with_its_internal_ca(here):
     assert names == [here.domain]
     with pytest.raises(ssl.SSLCertVerificationError):
         _tls_get(out.access.address, here.domain, ssl.create_default_context())  # not a public CA
+    # the command `fedi status` shows for opening the instance works as printed
+    hint = out.extra["open_hint"].split("  (")[0].split()
+    assert hint[0] == "curl"
+    code = subprocess.run([*hint, "-sS", "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True)
+    assert code.returncode == 0 and code.stdout in ("200", "502"), code.stderr
 
 
 def test_backup_and_cleanup_timers_are_enabled_and_a_timer_fires(here):

@@ -155,3 +155,11 @@ def test_up_from_a_rendered_bundle_then_down_leaves_nothing(local_image, tmp_pat
     assert not Path(record.netns).exists() and not any(Path(g).exists() for g in record.groups)
     assert not machine.alive(record.pid)
     assert not machine.machine_dir(spec.stack_name).exists()
+
+
+def test_open_and_trust_hints():
+    ca = Path("/s/root.crt")
+    hint = local_provider.open_hint("lemmy.localhost", "10.213.0.6", ca)
+    assert "curl --cacert /s/root.crt --resolve lemmy.localhost:443:10.213.0.6 https://lemmy.localhost/" in hint
+    trust = local_provider.trust_hint("lemmy-localhost", ca)
+    assert trust == "cp /s/root.crt /usr/local/share/ca-certificates/fedi-lemmy-localhost.crt && update-ca-certificates"

@@ -44,6 +44,21 @@ def free_mb(path: Path) -> int:
     return usage.free // (1 << 20)
 
 
+def open_hint(domain: str, address: str, ca: Path) -> str:
+    """How to open the instance from this host. Names under .localhost resolve to loopback in browsers
+    and curl whatever /etc/hosts says, so curl is pointed at the machine; for a browser, use a domain
+    outside .localhost (e.g. social.fedi.test) and an /etc/hosts line."""
+    return (
+        f"curl --cacert {ca} --resolve {domain}:443:{address} https://{domain}/"
+        f"  (browser: add '{address} {domain}' to /etc/hosts, for a domain outside .localhost)"
+    )
+
+
+def trust_hint(stack: str, ca: Path) -> str:
+    """How to make this host trust the machine's Caddy internal CA."""
+    return f"cp {ca} /usr/local/share/ca-certificates/fedi-{stack}.crt && update-ca-certificates"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -254,9 +269,8 @@ class LocalProvider:
                 memory_mb=record.memory_mb,
                 unenforced=list(record.unenforced),
                 ca_bundle=str(ca) if ca.exists() else "",
-                open_hint=(
-                    f"curl --cacert {ca} --resolve {doc.get('domain')}:443:{address} https://{doc.get('domain')}/"
-                ),
+                open_hint=open_hint(doc.get("domain", ""), address, ca),
+                trust_hint=trust_hint(stack, ca),
             )
         else:
             extra["state"] = "absent"
