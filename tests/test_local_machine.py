@@ -219,7 +219,7 @@ def test_a_failed_boot_leaves_nothing(local_image, tmp_path, monkeypatch):
     directory = machine.machine_dir(name, tmp_path)
     directory.mkdir(parents=True)
     machine.create(name, manual.dev_bootstrap(directory), lambda _: None, state=tmp_path)
-    planned = net.plan(name, 1)
+    planned = net.plan(str(directory), 1)
 
     def refuse(network):
         assert net.exists(network)  # the namespace was made before the failure

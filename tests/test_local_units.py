@@ -196,3 +196,10 @@ def test_internet_reachable_is_a_bounded_tcp_probe():
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     assert not net.internet_reachable((("127.0.0.1", port),), timeout=2)
+
+
+def test_machine_network_comes_from_its_record_and_names_from_its_directory():
+    m = machine.Machine("m", "/d", "10.213.0.10", "10.213.0.9", "/run/netns/fedi-abcd1234", 2)
+    assert (m.net.netns, m.net.host_if, m.net.address) == ("fedi-abcd1234", "fv-abcd1234", "10.213.0.10")
+    # the same stack name under two state dirs gets two networks
+    assert net.plan("/a/local/lemmy-localhost", 1).netns != net.plan("/b/local/lemmy-localhost", 1).netns

@@ -73,7 +73,7 @@ class Machine:
 
     @property
     def net(self) -> net.Net:
-        return net.plan(self.name, self.net_index)
+        return net.from_short(Path(self.netns).name.removeprefix("fedi-"), self.net_index)
 
     @property
     def cgroups(self) -> cgroups.Groups:
@@ -284,7 +284,8 @@ def boot(
     previous = load(name, state)
     if previous and running(previous):
         return previous
-    network = net.setup(name, previous.net_index if previous else None)
+    # Names derive from the machine's directory, not its name: two state dirs may hold the same stack.
+    network = net.setup(str(directory), previous.net_index if previous else None)
     groups = cgroups.plan(network.short)
     try:
         proc, unenforced = _launch(name, directory, network, groups, cpus, memory_mb, internet, progress)

@@ -37,7 +37,7 @@ REGISTRIES: tuple[tuple[str, int], ...] = (("registry-1.docker.io", 443), ("ghcr
 class Net:
     """One machine's network: namespace, veth names and its /30."""
 
-    short: str  # 8 hex chars derived from the machine name
+    short: str  # 8 hex chars derived from the machine's key (its directory: unique on this host)
     index: int  # which /30 of SUBNET
     netns: str  # fedi-<short>; /run/netns/<netns>
     host_if: str  # veth end on the host (fv-<short>)
@@ -54,11 +54,16 @@ def short_name(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
-def plan(name: str, index: int) -> Net:
+def plan(key: str, index: int) -> Net:
+    """The network of the machine identified by ``key`` (hashed into the names) in /30 number ``index``."""
+    return from_short(short_name(key), index)
+
+
+def from_short(short: str, index: int) -> Net:
+    """The network with these names and /30 (a machine's record keeps both)."""
     if not 1 <= index < SUBNET.num_addresses // 4:
         raise ProvisionError(f"no free /30 left in {SUBNET} for local machines")
     base = SUBNET.network_address + 4 * index
-    short = short_name(name)
     return Net(short, index, f"fedi-{short}", f"fv-{short}", f"fm-{short}", str(base + 1), str(base + 2))
 
 
@@ -155,13 +160,13 @@ def exists(net: Net) -> bool:
     return net.netns_path.exists()
 
 
-def setup(name: str, index: int | None = None) -> Net:
-    """Create the namespace and veth for ``name``; reuse ``index`` if given (a restarted machine)."""
+def setup(key: str, index: int | None = None) -> Net:
+    """Create the namespace and veth for ``key``; reuse ``index`` if given (a restarted machine)."""
     with _lock():
         if index is None:
             taken = used_indexes(_run(["ip", "-o", "-4", "addr", "show"]).stdout)
             index = next(i for i in range(1, SUBNET.num_addresses // 4) if i not in taken)
-        net = plan(name, index)
+        net = plan(key, index)
         if exists(net):
             return net
         for argv in setup_commands(net):
