@@ -190,6 +190,14 @@ def test_firewall_table_coexists_with_dockers(configured) -> None:
     assert "table inet fedi" in restarted and "table ip filter" in restarted
     ruleset = configured.sh("nft list table inet fedi").stdout
     assert "policy drop" in ruleset and "tcp dport 22 accept" in ruleset
+    # fail2ban bans into its own table, which a firewall reload leaves alone too
+    assert configured.sh("fail2ban-client set sshd banip 203.0.113.9").returncode == 0
+    try:
+        reloaded = configured.sh("systemctl reload fedi-firewall && nft list tables").stdout.split("\n")
+        assert {"table inet fedi", "table ip filter", "table inet f2b-table"} <= set(reloaded)
+        assert "203.0.113.9" in configured.sh("nft list table inet f2b-table").stdout
+    finally:
+        configured.sh("fail2ban-client set sshd unbanip 203.0.113.9")
 
 
 def test_services_and_timers_are_enabled(configured) -> None:
