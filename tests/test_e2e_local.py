@@ -71,6 +71,8 @@ def here(deployed, monkeypatch):
     """Run the test with the deployment's FEDI_* dirs (the autouse fixture set per-test ones)."""
     for key, value in deployed.dirs.items():
         monkeypatch.setenv(key, value)
+    if deployed.rc != 0:  # one clear failure per test instead of a cascade of follow-on errors
+        pytest.fail(f"`fedi up` of {deployed.domain} failed (exit {deployed.rc}); see its output above", pytrace=False)
     return deployed
 
 
@@ -107,7 +109,6 @@ def _vars(stack: str) -> dict:
 
 
 def test_up_succeeds(here):
-    assert here.rc == 0
     out = _provider().outputs(here.stack)
     assert out.extra["state"] == "running" and out.extra["start_app"] is False
     assert out.access.host_key and out.access.host_key != _provider()._doc(here.stack)["bootstrap_host_key"]
