@@ -80,7 +80,7 @@ def resolve_a(domain: str) -> set[str]:
 
     try:
         return {info[4][0] for info in socket.getaddrinfo(domain, 443, socket.AF_INET, socket.SOCK_STREAM)}
-    except OSError:
+    except (OSError, UnicodeError):  # no answer yet, or a name the resolver cannot even encode
         return set()
 
 
