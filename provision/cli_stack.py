@@ -28,11 +28,23 @@ Ephemeral = Annotated[bool, typer.Option("--ephemeral", help="a throwaway stack 
 Ttl = Annotated[str, typer.Option(help="ephemeral stacks: lifetime before `fedi sweep` removes it (90m, 2h, 1d)")]
 
 
-def make_provider(name: str, backend: str | None = None) -> Any:
-    """The provider by name; tests replace this to hand in the test engine."""
+def make_provider(name: str, backend: str | None = None, yes: bool = False) -> Any:
+    """The provider by name; tests replace this to hand in the test engine.
+
+    ``yes`` lets the local provider's preflight install systemd-container/debootstrap without asking.
+    """
     from provision.providers import get_provider
 
-    return get_provider(name, backend=backend) if name == "hetzner" else get_provider(name)
+    return get_provider(name, backend=backend) if name == "hetzner" else get_provider(name, yes=yes)
+
+
+def flush_outbox() -> None:
+    """Deliver billing events an earlier command could not (an endpoint that was down loses nothing)."""
+    from provision.hooks import deliver_pending
+
+    report = deliver_pending()
+    for error in report.errors:
+        note(f"billing hook: {error}")
 
 
 def progress_printer():
@@ -208,8 +220,12 @@ def up_cmd(
 
     if ephemeral and domain:
         domain = ephemeral_domain(domain)
+    from provision.coop import validate_config
+
     spec = spec_from(software, size, domain, location, admin_email, provider, ephemeral=ephemeral, ttl=ttl)
-    prov = make_provider(spec.provider, backend)
+    validate_config(load_config())  # a bad [coop] or [hooks] fails before anything is created
+    prov = make_provider(spec.provider, backend, yes=yes)
+    flush_outbox()
 
     def confirm(the_plan, cost) -> bool:
         note(plan_text(the_plan, cost))
@@ -217,7 +233,10 @@ def up_cmd(
 
     result = lifecycle.up(spec, prov, progress_printer(), confirm=None if yes else confirm)
     out = result.outputs
-    emit(result_dict(result), as_json, f"{spec.domain} is up: {out.ipv4} {out.ipv6} ({result.elapsed_s:.0f}s)")
+    lines = [f"{spec.domain} is up: {out.ipv4} {out.ipv6} ({result.elapsed_s:.0f}s)".replace("  ", " ")]
+    # The local provider says how to open the instance, how to trust Caddy's CA, and whether the app runs.
+    lines += [str(out.extra[k]) for k in ("app_note", "open_hint", "trust_hint") if out.extra.get(k)]
+    emit(result_dict(result), as_json, "\n".join(lines))
 
 
 def status_cmd(
@@ -239,6 +258,20 @@ def status_cmd(
         lines.append(result.cost.text())
     if data["health"]:
         lines += [f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}" for c in data["health"]]
+    if not no_health:  # the age of the last good backup: a backup counts once it exists
+        from dataclasses import asdict
+
+        from provision import backup
+        from provision.errors import FediError
+
+        try:
+            b = backup.status(result.outputs.access)
+        except FediError as err:
+            lines.append(f"backup: unknown ({err.line()})")
+        else:
+            data["backup"] = {**asdict(b), "ok": b.ok}
+            age = f"{b.age_hours:.1f}h ago" if b.age_hours is not None else "never"
+            lines.append(f"{'ok  ' if b.ok else 'FAIL'} backup: last good {age}, last run {b.last_result or '-'}")
     lines += [f"note: {n}" for n in result.notes]
     emit(data, as_json, "\n".join(lines))
 
@@ -260,6 +293,7 @@ def resize_cmd(
 
     one_of("size", size, tuple(SIZES))
     prov = make_provider(provider_name(provider), backend)
+    flush_outbox()
     name = stack_name(stack, domain)
     current = prov.outputs(name)
     spec = lifecycle.spec_of_outputs(current)
@@ -300,6 +334,7 @@ def down_cmd(
     from provision import lifecycle
 
     prov = make_provider(provider_name(provider), backend)
+    flush_outbox()
     name = stack_name(stack, domain)
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
@@ -324,11 +359,22 @@ def stacks_cmd(provider: Provider = None, backend: Backend = None, as_json: Json
     from datetime import UTC, datetime
 
     from provision.cost import monthly_cost
+    from provision.errors import MissingPrerequisite
 
-    prov = make_provider(provider_name(provider), backend)
+    # Without --provider, list every provider's stacks; a provider that cannot be asked (no Pulumi CLI,
+    # no token) is one note, and the others are still listed.
+    names = [provider_name(provider)] if provider else ["local", "hetzner"]
+    summaries = []
+    for name in names:
+        try:
+            summaries += make_provider(name, backend).stacks()
+        except MissingPrerequisite as missing:
+            if provider:
+                raise
+            note(f"{name} stacks not listed: {missing.line()}")
     now = datetime.now(UTC)
     rows = []
-    for s in prov.stacks():
+    for s in summaries:
         created = datetime.fromisoformat(s.created.replace("Z", "+00:00")) if s.created else None
         age_h = (now - created).total_seconds() / 3600 if created else None
         cost = None

@@ -219,11 +219,12 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
-def outbox_dir() -> Path:
+def outbox_dir(create: bool = True) -> Path:
     from provision.paths import state_dir
 
     path = state_dir() / "outbox"
-    path.mkdir(mode=0o700, exist_ok=True)
+    if create:
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
@@ -249,7 +250,8 @@ def _read(path: Path) -> PendingEvent | None:
 
 def list_pending() -> list[PendingEvent]:
     """Events in the outbox, oldest first."""
-    found = (_read(p) for p in sorted(outbox_dir().glob("msg_*.json")))
+    # reading creates nothing: a command that fails its preflight leaves the state dir as it was
+    found = (_read(p) for p in sorted(outbox_dir(create=False).glob("msg_*.json")))
     return [event for event in found if event is not None]
 
 
@@ -340,7 +342,7 @@ def deliver_pending(
     that failed in this run wait for the next run, so their order is kept and a dead endpoint is not
     hammered. Bounded: ``attempts`` tries per event, and no new request after ``run_seconds``.
     """
-    if not any(outbox_dir().glob("msg_*.json")):
+    if not any(outbox_dir(create=False).glob("msg_*.json")):
         return DeliveryReport((), (), ())  # the common case: nothing to send, nothing to import
     import httpx
 

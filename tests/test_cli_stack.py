@@ -109,7 +109,7 @@ def engine(monkeypatch, tmp_path):
     isolate(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     eng = OfflineEngine()
-    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None: HetznerProvider(engine=eng))
+    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=eng))
     return eng
 
 

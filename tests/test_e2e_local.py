@@ -222,9 +222,14 @@ def test_a_second_playbook_run_changes_nothing(here):
     assert result.host_key.split()[:2] == out.access.host_key.split()[:2]
 
 
-def test_status_then_down_leaves_nothing(here):
+def test_status_then_down_leaves_nothing(here, capsys):
     record = _record(here.stack)
-    assert cli.main(["status", "--provider", "local", "--domain", here.domain, "--no-health"]) == 0
+    capsys.readouterr()
+    assert cli.main(["status", "--provider", "local", "--domain", here.domain, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert all(check["ok"] for check in status["health"]), status["health"]
+    # the backup the e2e ran earlier is the last good one status reports
+    assert status["backup"]["ok"] and status["backup"]["last_backup"], status["backup"]
     assert cli.main(["down", "--provider", "local", "--domain", here.domain, "--yes", "--purge-backups"]) == 0
     assert _provider().stacks() == []
     assert not machine.alive(record.pid) and not Path(f"/proc/{record.leader}").exists()

@@ -28,7 +28,7 @@ from provision.providers import Plan, PlannedResource, Progress, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 
-APT_PACKAGES = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap", "zstd": "zstd"}
+APT_PACKAGES = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2"}
 CADDY_ROOT_CA = "var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 NEED_DISK_MB = {"state": 4096, "cache": 1536}  # unpacked rootfs + data; the image while it is built
 APP_NOTE = "the app's containers are not started: their images cannot be pulled from this machine"
