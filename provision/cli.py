@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
-from typer._click.exceptions import ClickException as TyperClickException
+from typer._click.exceptions import ClickException
 
 from provision.errors import FediError
 from provision.spec import KBIN_NOTE, InstanceSpec, build_spec, load_config, parse_ttl
@@ -150,15 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     except FediError as err:
         typer.echo(f"fedi: {err.line()}", err=True)
         return err.exit_code
-    except (click.exceptions.Abort, typer.Abort):
+    except typer.Abort:
         typer.echo("fedi: aborted", err=True)
         return 130
     except KeyboardInterrupt:
         typer.echo("fedi: interrupted", err=True)
         return 130
-    except (click.exceptions.Exit, typer.Exit) as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except (click.ClickException, TyperClickException) as exc:  # typer >= 0.2x vendors click
+    except ClickException as exc:  # typer vendors click: bad options, missing values
         exc.show()
         return exc.exit_code
     return rc if isinstance(rc, int) else 0

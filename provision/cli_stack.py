@@ -12,7 +12,6 @@ import sys
 import time
 from typing import Annotated, Any
 
-import click
 import typer
 
 from provision.cli import AdminEmail, Domain, Json, Location, Provider, Size, Software, Yes, emit, note, spec_from
@@ -168,7 +167,7 @@ def result_dict(result) -> dict[str, Any]:
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise Aborted("confirmation needed but there is no terminal: pass --yes")
-    return click.confirm(question, default=False, err=True)
+    return typer.confirm(question, default=False, err=True)
 
 
 # ---- commands ---------------------------------------------------------------------------------------
@@ -343,7 +342,7 @@ def down_cmd(
         if typed is None:
             if not sys.stdin.isatty():
                 raise Aborted(f"{target} is a production stack: pass --confirm {target}")
-            typed = click.prompt(f"{target} is a production stack. Type its domain to destroy it", err=True)
+            typed = typer.prompt(f"{target} is a production stack. Type its domain to destroy it", err=True)
         if typed.strip() != target:
             raise Aborted(f"the domain typed does not match {target}: nothing was destroyed")
     elif not yes and not _confirm(f"Destroy {target}?"):
