@@ -2,7 +2,7 @@
 remote (paramiko with the pinned key), the real playbook on a booted Debian 13 machine; then checks
 on that machine, a second playbook run with no change, and `fedi down` leaving nothing behind.
 
-Apps: lemmy by default; FEDI_E2E_APPS=lemmy,mastodon,kbin runs each (about 4 minutes apiece).
+Apps: lemmy, mastodon and kbin by default (about 4 minutes apiece); FEDI_E2E_APPS=lemmy picks fewer.
 The app's own containers cannot start here (no registry): the playbook skips exactly that step
 (fedi_start_app=false) and the compose project is validated on the machine instead.
 """
@@ -25,7 +25,7 @@ from provision.local import machine
 
 pytestmark = pytest.mark.testhost
 
-APPS = [a.strip() for a in os.environ.get("FEDI_E2E_APPS", "lemmy").split(",") if a.strip()]
+APPS = [a.strip() for a in os.environ.get("FEDI_E2E_APPS", "lemmy,mastodon,kbin").split(",") if a.strip()]
 TIMERS = ("fedi-backup.timer", "fedi-backup-check.timer", "fedi-cleanup.timer")
 
 
