@@ -215,14 +215,12 @@ def up_cmd(
     as_json: Json = False,
 ) -> None:
     """Provision (or converge) an instance, configure it and wait until it is healthy."""
-    from provision import lifecycle
+    from provision import coop, lifecycle
 
     if ephemeral and domain:
         domain = ephemeral_domain(domain)
-    from provision.coop import validate_config
-
     spec = spec_from(software, size, domain, location, admin_email, provider, ephemeral=ephemeral, ttl=ttl)
-    validate_config(load_config())  # a bad [coop] or [hooks] fails before anything is created
+    coop.validate_config(load_config())  # a bad [coop] or [hooks] fails before anything is created
     prov = make_provider(spec.provider, backend, yes=yes)
     flush_outbox()
 
