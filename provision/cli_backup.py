@@ -163,14 +163,14 @@ def restore_cmd(
     from provision import backup
 
     if into is not None:
-        target_name, _, target = _target(into, None, provider)
+        target_name, target_prov, target = _target(into, None, provider)
     else:
         target_name, _, target = _target(stack, domain, provider)
-    source_env, source = None, f"stack {target_name}"
+    source_env, source, old_secrets = None, f"stack {target_name}", None
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
     elif into is not None:
-        source_env, source = _source_env(stack, domain, provider, target)
+        source_env, source, old_secrets = _source_env(stack, domain, provider, target)
     _confirm(
         f"Replace the live database and configuration of {target_name} with snapshot {snapshot} of {source}"
         f"{' (after a safety snapshot)' if safety else ''}?",
@@ -180,11 +180,11 @@ def restore_cmd(
         result = backup.restore(_access(target), snapshot, safety=safety)
     else:
         result = backup.restore_from(_access(target), source_env, snapshot, safety=safety)
-    if into is not None:
-        note(
-            "note: the restored configuration carries the old instance's secrets; a later `fedi up` of "
-            f"{target_name} re-renders the configuration with {target_name}'s own secrets."
-        )
+    if old_secrets is not None:
+        # The restored data needs the old secrets: the new stack keeps them, so a later `fedi up` of it
+        # renders the same configuration the restore brought back.
+        target_prov.adopt_secrets(target_name, old_secrets)
+        note(f"{target_name} now keeps the app secrets of {source} (its own SSH keys stay)")
     emit(
         result,
         as_json,
@@ -213,8 +213,8 @@ def env_cmd(
     note(f"wrote {out} (0600). It holds the repository password: store it somewhere safe, offline.")
 
 
-def _source_env(stack: str | None, domain: str | None, provider: str | None, target) -> tuple[str, str]:
-    """The repository settings of the stack the flags name (the old one), from its secrets and outputs."""
+def _source_env(stack: str | None, domain: str | None, provider: str | None, target) -> tuple[str, str, dict[str, str]]:
+    """The repository settings of the stack the flags name (the old one), a label, and its secrets."""
     from provision import backup
     from provision.lifecycle import spec_of_outputs
 
@@ -224,7 +224,7 @@ def _source_env(stack: str | None, domain: str | None, provider: str | None, tar
         raise BackupError(f"stack {name}: its outputs do not say what it runs", hint="use --from-env FILE")
     secrets = prov.secrets(spec)
     if outputs.storage is not None:
-        return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}"
+        return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}", secrets
     # No backups bucket (local provider): the repository lives in the old machine's backups directory on
     # this computer. Copy it next to the new machine's backups, where that machine sees it.
     old_dir = Path(outputs.extra.get("backups") or "") / "restic"
@@ -237,7 +237,8 @@ def _source_env(stack: str | None, domain: str | None, provider: str | None, tar
     copy = new_dir / f"from-{name}"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(old_dir, copy, symlinks=True)
-    return backup.repository_env(secrets["restic_password"], None, f"/var/backups/fedi/{copy.name}"), f"stack {name}"
+    env = backup.repository_env(secrets["restic_password"], None, f"/var/backups/fedi/{copy.name}")
+    return env, f"stack {name}", secrets
 
 
 def _confirm(question: str, yes: bool) -> None:

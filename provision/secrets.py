@@ -140,3 +140,15 @@ def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
             }
         )
     return out
+
+
+# What stays the stack's own when it takes over another's data: its server's SSH keys (the pinned host
+# key, the operator key) and its backup repository's password (its repository was made with it).
+OWN_SECRETS = ("ssh_", "restic_password")
+
+
+def carried_over(old: dict[str, str], own: dict[str, str]) -> dict[str, str]:
+    """A stack that takes over another's data (`fedi backup restore --into`) keeps the old app secrets
+    (the data needs them: Mastodon's encryption keys, 2FA secrets, the database password the restore set)
+    and its own SSH keys and backup password."""
+    return {**own, **{k: v for k, v in old.items() if not k.startswith(OWN_SECRETS)}}

@@ -142,6 +142,20 @@ def test_backup_one_machine_and_restore_into_a_fresh_one(machines, monkeypatch, 
     assert psql(NEW, FINGERPRINT) == seeded
     assert psql(NEW, "SELECT tableowner FROM pg_tables WHERE tablename = 'post'") == role
     assert config_digest(NEW) == old_config
+    # The new stack keeps the old app secrets the data needs (not its own SSH keys and backup password)...
+    from provision.providers.local import LocalProvider
+    from provision.secrets import OWN_SECRETS
+
+    old_secrets, new_secrets = (LocalProvider()._doc(stack(d))["secrets"] for d in (OLD, NEW))
+    assert {k: v for k, v in new_secrets.items() if not k.startswith(OWN_SECRETS)} == {
+        k: v for k, v in old_secrets.items() if not k.startswith(OWN_SECRETS)
+    }
+    assert new_secrets["ssh_client_key"] != old_secrets["ssh_client_key"]
+    assert new_secrets["restic_password"] != old_secrets["restic_password"]
+    # ...so converging it with `fedi up` re-renders the same secrets and leaves the restored data whole.
+    argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", NEW, "--yes"]
+    assert subprocess.run([sys.executable, "-m", "provision.cli", *argv], env=os.environ.copy()).returncode == 0
+    assert psql(NEW, FINGERPRINT) == seeded
 
     # The restored machine backs itself up, and verify finds that snapshot identical to its database.
     rc, _, err = fedi(capsys, "backup", "now", "--domain", NEW, "--provider", "local")

@@ -144,3 +144,20 @@ def test_generators_have_the_documented_lengths():
     assert len(S.rails_secret()) == 128
     assert len(S.rails_encryption_key()) == 32
     assert len({S.alnum(32) for _ in range(50)}) == 50
+
+
+def test_a_stack_taking_over_data_keeps_the_old_app_secrets_and_its_own_ssh_keys():
+    from provision.secrets import carried_over
+
+    old = {"db_password": "old-db", "mastodon_secret_key_base": "old-skb", "ssh_client_key": "old-ssh"}
+    old["restic_password"] = "old-repo"
+    own = {"db_password": "new-db", "ssh_client_key": "new-ssh", "ssh_host_ed25519_key": "new-host"}
+    own["restic_password"] = "new-repo"
+    merged = carried_over(old, own)
+    assert merged == {
+        "db_password": "old-db",
+        "mastodon_secret_key_base": "old-skb",
+        "ssh_client_key": "new-ssh",
+        "ssh_host_ed25519_key": "new-host",
+        "restic_password": "new-repo",  # its own repository was made with its own password
+    }

@@ -73,6 +73,9 @@ class Provider(Protocol):
 
     def stacks(self) -> list[StackSummary]: ...
 
+    def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
+        """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
+
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key)."""
 

@@ -149,6 +149,13 @@ class HetznerProvider:
             self.engine.write_config(spec.stack_name, "secrets", json.dumps(fresh, sort_keys=True), secret=True)
         return fresh
 
+    def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
+        """Keep another stack's app secrets from now on (after its data was restored here)."""
+        from provision.secrets import carried_over
+
+        own = json.loads(self.engine.read_config(stack, "secrets") or "{}")
+        self.engine.write_config(stack, "secrets", json.dumps(carried_over(old, own), sort_keys=True), secret=True)
+
     def dns_zone(self, spec: InstanceSpec) -> tuple[str, str]:
         """(zone, note). Offline the registrable domain is assumed to be at Hetzner and the note says so."""
         if self.engine.offline:

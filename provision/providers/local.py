@@ -318,6 +318,13 @@ class LocalProvider:
             )
         return found
 
+    def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
+        """Keep another stack's app secrets from now on (after its data was restored here)."""
+        from provision.secrets import carried_over
+
+        store = self._store()
+        store.update(stack, secrets=carried_over(old, store.load(stack).get("secrets") or {}))
+
     def pin_host_key(self, stack: str, host_key: str) -> None:
         if not host_key.strip():
             raise ProvisionError("refusing to pin an empty host key")
