@@ -140,35 +140,16 @@ def debootstrap_argv(rootfs: Path, mirror: str, packages: tuple[str, ...] = PACK
     ]
 
 
+# TESTHOST.md's flags: ownership by number, xattrs and ACLs kept, so the image boots the same everywhere.
+TAR_FLAGS = ["--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
+
+
 def pack_argv(rootfs: Path, out: Path) -> list[str]:
-    return [
-        "tar",
-        "--zstd",
-        "--numeric-owner",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--acls",
-        "-cpf",
-        str(out),
-        "-C",
-        str(rootfs),
-        ".",
-    ]
+    return ["tar", *TAR_FLAGS, "-cpf", str(out), "-C", str(rootfs), "."]
 
 
 def unpack_argv(image: Path, rootfs: Path) -> list[str]:
-    return [
-        "tar",
-        "--zstd",
-        "--numeric-owner",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--acls",
-        "-xpf",
-        str(image),
-        "-C",
-        str(rootfs),
-    ]
+    return ["tar", *TAR_FLAGS, "-xpf", str(image), "-C", str(rootfs)]
 
 
 def clean_rootfs(rootfs: Path) -> None:
