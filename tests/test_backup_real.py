@@ -314,3 +314,21 @@ def test_lemmy_pictrs_repository_and_files_come_back(world):
     host.run("fedi-restore", "latest", "--yes", "--no-safety-snapshot")
     after = {p.relative_to(host.data_dir): p.read_bytes() for p in (host.data_dir / "pictrs").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_a_snapshot_of_another_app_is_refused_before_anything_changes(world):
+    """Restoring a Mastodon snapshot onto a Lemmy server would replace its database and configuration
+    with ones its app cannot read: refused, nothing touched."""
+    base, pg, endpoint = world
+    old = make_host(base / "a1", pg, f"s3:{endpoint}/backups/a1", db="appdb1")
+    seed(old, db="appdb1")
+    old.run("fedi-backup", "run")
+    new = make_host(base / "a2", pg, f"s3:{endpoint}/backups/a2", app="lemmy", db="appdb2")
+    seed(new, db="appdb2", owner="lemmy")
+    new.run("fedi-backup", "run")
+    before = pg.psql("appdb2", FINGERPRINT), (new.app_dir / ".env.production").read_text()
+    proc = new.run("fedi-restore", "latest", "--yes", "--from", str(old.env_file), check=False)
+    assert proc.returncode != 0
+    assert "is of mastodon, this server runs lemmy: nothing was changed" in proc.stderr
+    assert (pg.psql("appdb2", FINGERPRINT), (new.app_dir / ".env.production").read_text()) == before
+    assert len(snapshots(new)) == 1, "no safety snapshot was taken either"
