@@ -24,6 +24,7 @@ ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's
 SOURCE_ENV_FILE = "/etc/fedi/restic-source.env"  # another stack's repository settings, during --into only
 LAST_BACKUP = "/var/lib/fedi/last-backup"  # ISO 8601 UTC time of the last good backup (fedi status)
 LAST_SUMMARY = "/var/lib/fedi/last-backup.json"  # restic's summary of that run
+BUNDLE_SECRETS = "/opt/fedi/bundle/secrets.json"  # the bundle's app secrets; a restore brings back the old one
 LOCAL_REPOSITORY = "/var/backups/fedi/restic"  # the repository without a backups bucket
 REPOSITORY_KEYS = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 BACKUP_TIMEOUT = 6 * 3600  # a oneshot unit on a large instance: hours, never unbounded
@@ -355,6 +356,25 @@ def read_server_env(access: HostAccess, runner: Runner | None = None) -> str:
         raise BackupError(f"could not read {ENV_FILE} on {access.address}: {_last_line(err)}")
     parse_env(out, source=ENV_FILE)
     return out
+
+
+def read_restored_secrets(access: HostAccess, runner: Runner | None = None) -> dict[str, str] | None:
+    """The app secrets in the bundle a restore brought back (None if that snapshot's bundle has none).
+
+    Read over the pinned SSH channel as root; the values go to the provider's encrypted store only."""
+    runner = runner or default_runner
+    rc, out, err = runner(access, privileged(["cat", BUNDLE_SECRETS], access.user))
+    if rc != 0:
+        if "No such file" in err:
+            return None
+        raise BackupError(f"could not read {BUNDLE_SECRETS} on {access.address}: {_last_line(err)}")
+    try:
+        values = json.loads(out)
+    except ValueError:
+        values = None
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        raise BackupError(f"{BUNDLE_SECRETS} on {access.address} is not a JSON object of strings")
+    return values
 
 
 def load_env_file(path: Path) -> str:

@@ -23,6 +23,8 @@ from provision.resources import templates_dir
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 
+SECRETS_FILE = "secrets.json"
+
 
 @dataclass(frozen=True)
 class BundleFile:
@@ -46,6 +48,9 @@ _COMMON = [
     BundleFile("cleanup-timer", "systemd/fedi-cleanup.timer.j2", "systemd/fedi-cleanup.timer"),
     BundleFile("backup-env", "restic/restic.env.j2", "backup/restic.env", private=True),
     BundleFile("ansible-vars", "ansible-vars.yml.j2", "ansible-vars.yml", private=True),
+    # The app secrets as one file (not the SSH keys or the restic password). The backups carry the bundle,
+    # so a stack restored from them on another computer (`fedi backup restore --from-env`) adopts these.
+    BundleFile("app-secrets", "", SECRETS_FILE, private=True),
 ]
 
 _APP: dict[str, list[BundleFile]] = {
@@ -160,7 +165,7 @@ def render_bundle(
     try:
         written: dict[str, str] = {}
         for f in files:
-            text = secrets[f.verbatim] if f.verbatim else env.get_template(f.template).render(**context)
+            text = _text(f, env, context, secrets)
             _write(tmp / f.path, text, f)
             written[f.role] = f.path
         manifest = _manifest(spec, sizing, storage, written)
@@ -177,6 +182,16 @@ def render_bundle(
         cloud_init=(out / written["cloud-init"]).read_text(encoding="utf-8"),
         host_public_key=secrets["ssh_host_ed25519_key_pub"],
     )
+
+
+def _text(f: BundleFile, env: Any, context: dict[str, Any], secrets: dict[str, str]) -> str:
+    if f.verbatim:
+        return secrets[f.verbatim]
+    if f.path == SECRETS_FILE:
+        from provision.secrets import app_secrets
+
+        return json.dumps(app_secrets(secrets), indent=2, sort_keys=True) + "\n"
+    return env.get_template(f.template).render(**context)
 
 
 def _write(path: Path, text: str, f: BundleFile) -> None:

@@ -32,6 +32,7 @@ Restore onto a new server after losing the old one, step by step:
     same domain (a Fediverse instance is its domain), and restore from the saved settings:
       fedi up --domain social.example.org --software ... --size ...
       fedi backup restore --domain social.example.org --from-env social-restic.env --no-safety-snapshot
+    The new stack then keeps the app secrets of the restored configuration (the data needs them).
  4. Check: `fedi backup list`, `fedi backup verify` (compares the restored snapshot with the live
     database), log in, and point DNS at the new server if its address changed.
 
@@ -165,7 +166,7 @@ def restore_cmd(
     if into is not None:
         target_name, target_prov, target = _target(into, None, provider)
     else:
-        target_name, _, target = _target(stack, domain, provider)
+        target_name, target_prov, target = _target(stack, domain, provider)
     source_env, source, old_secrets = None, f"stack {target_name}", None
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
@@ -180,6 +181,14 @@ def restore_cmd(
         result = backup.restore(_access(target), snapshot, safety=safety)
     else:
         result = backup.restore_from(_access(target), source_env, snapshot, safety=safety)
+    if from_env is not None and result.get("config"):
+        # Another repository (this computer may be new): the old secrets come from the restored bundle.
+        old_secrets = backup.read_restored_secrets(_access(target))
+        if old_secrets is None:
+            note(
+                f"warning: snapshot {result['snapshot'][:8]} holds no secrets.json: {target_name} keeps its own "
+                "app secrets, so a later `fedi up` would replace the restored configuration's"
+            )
     if old_secrets is not None:
         # The restored data needs the old secrets: the new stack keeps them, so a later `fedi up` of it
         # renders the same configuration the restore brought back.

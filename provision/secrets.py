@@ -147,8 +147,13 @@ def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
 OWN_SECRETS = ("ssh_", "restic_password")
 
 
+def app_secrets(secrets: dict[str, str]) -> dict[str, str]:
+    """The secrets that belong to the instance's data rather than to the stack that runs it."""
+    return {k: v for k, v in secrets.items() if not k.startswith(OWN_SECRETS)}
+
+
 def carried_over(old: dict[str, str], own: dict[str, str]) -> dict[str, str]:
-    """A stack that takes over another's data (`fedi backup restore --into`) keeps the old app secrets
-    (the data needs them: Mastodon's encryption keys, 2FA secrets, the database password the restore set)
-    and its own SSH keys and backup password."""
-    return {**own, **{k: v for k, v in old.items() if not k.startswith(OWN_SECRETS)}}
+    """A stack that takes over another's data (`fedi backup restore --into` or `--from-env`) keeps the old
+    app secrets (the data needs them: Mastodon's encryption keys, 2FA secrets, the database password the
+    restore set) and its own SSH keys and backup password."""
+    return {**own, **app_secrets(old)}

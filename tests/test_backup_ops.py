@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_backup_real import FINGERPRINT, seed
@@ -112,6 +113,7 @@ class LocalServer:
 
     host: Host
     calls: list[list[str]] = field(default_factory=list)
+    provider: Any = None
 
     @property
     def source_env(self) -> Path:
@@ -123,6 +125,7 @@ class LocalServer:
             backup.LAST_SUMMARY: str(self.host.state_dir / "last-backup.json"),
             backup.ENV_FILE: str(self.host.env_file),
             backup.SOURCE_ENV_FILE: str(self.source_env),
+            backup.BUNDLE_SECRETS: str(self.host.bundle_dir / "secrets.json"),
         }
         return [mapping.get(a, a) for a in argv]
 
@@ -206,10 +209,14 @@ class OneStackProvider:
 
     def __init__(self, outputs: StackOutputs):
         self._outputs = outputs
+        self.adopted: list[tuple[str, dict[str, str]]] = []
 
     def outputs(self, stack: str) -> StackOutputs:
         assert stack == self._outputs.stack
         return self._outputs
+
+    def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
+        self.adopted.append((stack, old))
 
 
 _COUNTER = itertools.count()
@@ -221,10 +228,10 @@ def cli_host(world, monkeypatch, tmp_path):
     name = f"c{next(_COUNTER)}"
     host = make_host(base / name, pg, f"s3:{endpoint}/backups/{name}", db="clidb")
     seed(host, db="clidb")
-    server = LocalServer(host)
-    outputs = StackOutputs(stack="social-example-org", provider="local", access=ACCESS)
-    monkeypatch.setattr("provision.cli_stack.make_provider", lambda *a, **k: OneStackProvider(outputs))
+    server = LocalServer(host, provider=OneStackProvider(StackOutputs("social-example-org", "local", ACCESS)))
+    monkeypatch.setattr("provision.cli_stack.make_provider", lambda *a, **k: server.provider)
     monkeypatch.setattr(backup, "default_runner", server.run)
+    monkeypatch.setattr(backup, "_upload", server.upload)
     monkeypatch.setenv("FEDI_STATE_DIR", str(tmp_path / "state"))
     return host, server
 
@@ -261,3 +268,44 @@ def test_cli_restore_asks_and_a_no_changes_nothing(cli_host, capsys, monkeypatch
     rc, out, err = _cli(capsys, "restore", "--yes", "--json")
     assert rc == 0, err
     assert json.loads(out)["databases"] == ["clidb"]
+
+
+def test_cli_restore_from_saved_settings_adopts_the_restored_app_secrets(cli_host, capsys, tmp_path):
+    """`--from-env` (this computer is lost too): the stack keeps the app secrets of the restored bundle."""
+    host, server = cli_host
+    secrets_file = host.bundle_dir / "secrets.json"
+    old = {"db_password": "old-db-password", "mastodon_otp_secret": "old-otp-secret"}
+    secrets_file.write_text(json.dumps(old))
+    secrets_file.chmod(0o600)
+    assert _cli(capsys, "now")[0] == 0
+    saved = tmp_path / "saved.env"
+    assert _cli(capsys, "env", "--out", str(saved))[0] == 0
+    secrets_file.write_text(json.dumps({"db_password": "this-servers-own"}))  # the rebuilt server's bundle
+    rc, out, err = _cli(capsys, "restore", "--from-env", str(saved), "--no-safety-snapshot", "--yes", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["config"] is True
+    assert server.provider.adopted == [("social-example-org", old)]
+    assert "now keeps the app secrets" in err
+    assert "old-db-password" not in out + err and "old-otp-secret" not in out + err
+
+
+def test_cli_restore_from_a_snapshot_without_secrets_json_warns_and_adopts_nothing(cli_host, capsys, tmp_path):
+    host, server = cli_host
+    (host.bundle_dir / "secrets.json").unlink(missing_ok=True)
+    assert _cli(capsys, "now")[0] == 0
+    saved = tmp_path / "saved.env"
+    assert _cli(capsys, "env", "--out", str(saved))[0] == 0
+    rc, _, err = _cli(capsys, "restore", "--from-env", str(saved), "--no-safety-snapshot", "--yes")
+    assert rc == 0, err
+    assert "holds no secrets.json" in err and server.provider.adopted == []
+
+
+def test_restored_secrets_that_are_not_a_json_object_of_strings_are_refused(tmp_path):
+    def runner(_access, argv):
+        return 0, '{"db_password": 5}', ""
+
+    with pytest.raises(BackupError, match="not a JSON object of strings"):
+        backup.read_restored_secrets(ACCESS, runner=runner)
+    assert backup.read_restored_secrets(ACCESS, runner=lambda *_: (1, "", "cat: x: No such file or directory")) is None
+    with pytest.raises(BackupError, match="could not read"):
+        backup.read_restored_secrets(ACCESS, runner=lambda *_: (1, "", "sudo: a password is required"))

@@ -1,9 +1,11 @@
 """Backups through the product on real Debian 13 machines (the local provider): back up one machine with
 `fedi backup now`, restore into a second, fresh machine with `fedi backup restore --into`, and find
 the app's database and configuration there whole; the second machine then backs itself up and
-`fedi backup verify` finds its snapshot identical to its live database.
+`fedi backup verify` finds its snapshot identical to its live database. A third machine is rebuilt
+from nothing but the saved `fedi backup env` file (`--from-env`, the computer is lost too) and keeps
+the restored app secrets through a later `fedi up`.
 
-About 10 minutes (two `fedi up --provider local`). The app's containers cannot start here (no
+About 12 minutes (three `fedi up --provider local`). The app's containers cannot start here (no
 registry), so the data is seeded straight into the app's database as its own role.
 """
 
@@ -12,18 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from provision import cli
+from provision.backup import LOCAL_REPOSITORY
 from provision.local import machine
 
 pytestmark = pytest.mark.testhost
 
 SOFTWARE = "lemmy"
-OLD, NEW = "old-backup.localhost", "new-backup.localhost"
+OLD, NEW, REBUILT = "old-backup.localhost", "new-backup.localhost", "rebuilt-backup.localhost"
 SEED = """
 CREATE TABLE person (id serial PRIMARY KEY, name text NOT NULL, bio text);
 CREATE TABLE post (id bigserial PRIMARY KEY, person_id int REFERENCES person(id), body text,
@@ -93,7 +97,7 @@ def machines(local_image, tmp_path_factory):
     for key, value in dirs.items():
         mp.setenv(key, value)
     try:
-        for domain in (OLD, NEW):
+        for domain in (OLD, NEW, REBUILT):
             # Each `fedi up` in its own process, the way an admin runs them.
             argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", domain, "--yes"]
             proc = subprocess.run([sys.executable, "-m", "provision.cli", *argv], env={**os.environ, **dirs})
@@ -103,7 +107,7 @@ def machines(local_image, tmp_path_factory):
         from provision.providers.local import LocalProvider
 
         prov = LocalProvider()
-        for domain in (OLD, NEW):
+        for domain in (OLD, NEW, REBUILT):
             if prov._store().exists(stack(domain)):
                 prov.down(stack(domain), lambda _: None, purge_backups=True)
         mp.undo()
@@ -164,6 +168,59 @@ def test_backup_one_machine_and_restore_into_a_fresh_one(machines, monkeypatch, 
     assert rc == 0, err
     report = json.loads(out)
     assert report["ok"] and report["rows_restored"] >= 5200
+
+
+def stored_secrets(domain: str) -> dict[str, str]:
+    from provision.providers.local import LocalProvider
+
+    return LocalProvider()._doc(stack(domain))["secrets"]
+
+
+def app_secrets(domain: str) -> dict[str, str]:
+    from provision.secrets import app_secrets
+
+    return app_secrets(stored_secrets(domain))
+
+
+def test_rebuild_from_the_saved_settings_alone_keeps_the_old_app_secrets(machines, monkeypatch, capsys, tmp_path):
+    """README recovery step 3: the server and this computer are lost; a new `fedi up` (fresh secrets) and
+    `fedi backup restore --from-env` bring the instance back, and the stack adopts the restored secrets."""
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    role = db_vars(OLD)["fedi_db_user"]
+    if psql(OLD, "SELECT to_regclass('public.person') IS NULL") == "t":
+        psql(OLD, f"SET ROLE {role};" + SEED)
+    seeded = psql(OLD, FINGERPRINT)
+    assert fedi(capsys, "backup", "now", "--domain", OLD, "--provider", "local")[0] == 0
+    saved = tmp_path / "social-restic.env"
+    rc, _, err = fedi(capsys, "backup", "env", "--domain", OLD, "--provider", "local", "--out", str(saved))
+    assert rc == 0, err
+    # A local stack has no bucket: its repository is a directory on this computer. Put a copy where the
+    # rebuilt machine sees it, as a bucket would be reachable from a new server.
+    old_repo, rebuilt = machine.load(stack(OLD)).backups / "restic", machine.load(stack(REBUILT)).backups
+    shutil.copytree(old_repo, rebuilt / "saved", symlinks=True)
+    text = saved.read_text()
+    assert f"RESTIC_REPOSITORY={LOCAL_REPOSITORY}\n" in text
+    saved.write_text(text.replace(LOCAL_REPOSITORY, "/var/backups/fedi/saved"))
+
+    assert app_secrets(REBUILT) != app_secrets(OLD)  # a fresh stack: its own secrets
+    own_ssh = stored_secrets(REBUILT)["ssh_client_key"]
+    rc, out, err = fedi(
+        capsys, "backup", "restore", "--domain", REBUILT, "--from-env", str(saved), "--no-safety-snapshot",
+        "--provider", "local", "--yes", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["config"] is True and "now keeps the app secrets" in err
+    assert psql(REBUILT, FINGERPRINT) == seeded
+    assert app_secrets(REBUILT) == app_secrets(OLD)
+    assert stored_secrets(REBUILT)["ssh_client_key"] == own_ssh  # its own SSH keys stay
+
+    # A later `fedi up` renders the old secrets: the configuration on the server still holds them.
+    argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", REBUILT, "--yes"]
+    assert subprocess.run([sys.executable, "-m", "provision.cli", *argv], env=os.environ.copy()).returncode == 0
+    hjson = inside(REBUILT, ["cat", "/opt/fedi/app/lemmy.hjson"]).stdout
+    assert app_secrets(OLD)["pictrs_api_key"] in hjson and app_secrets(OLD)["db_password"] in hjson
+    assert psql(REBUILT, FINGERPRINT) == seeded
 
 
 def test_an_unreachable_repository_fails_the_unit_visibly(machines, monkeypatch, capsys):

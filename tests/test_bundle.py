@@ -32,8 +32,10 @@ REQUIRED_ROLES = {
     "cleanup-timer",
     "backup-env",
     "ansible-vars",
+    "app-secrets",
 }
 PRIVATE_ROLES = {
+    "app-secrets",
     "cloud-init",
     "app-config",
     "backup-env",
@@ -77,6 +79,16 @@ def test_manifest_describes_the_bundle_without_secrets(software, size):
         for part in value.splitlines() or [value]:
             if len(part) >= 8:
                 assert part not in text, f"manifest leaks {name}"
+
+
+@pytest.mark.parametrize("software", ["mastodon", "lemmy", "kbin"])
+def test_secrets_json_holds_the_app_secrets_and_no_key_of_the_stack(software):
+    bundle, secrets = rendered(software, "small")
+    held = json.loads((bundle.root / bundle.manifest["files"]["app-secrets"]).read_text())
+    assert held == {k: v for k, v in secrets.items() if not k.startswith(("ssh_", "restic_password"))}
+    assert "db_password" in held and "admin_password" in held
+    assert not any(k.startswith("ssh_") for k in held)  # the operator's private key never goes to the server
+    assert "restic_password" not in held  # the stack's own repository password, not the data's
 
 
 @pytest.mark.parametrize(("software", "size"), COMBOS)
