@@ -185,6 +185,7 @@ def test_internet_access_is_forwarded_and_masqueraded(local_image, tmp_path):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("nft is not installed (scripts/test installs nftables)")
         pytest.skip("nft is not installed")
+    forward_before = net.IP_FORWARD.read_text()
     outside = net.setup(f"outside-{uuid.uuid4().hex[:6]}")
     name = f"fedi-nat-{uuid.uuid4().hex[:6]}"
     directory = machine.machine_dir(name, tmp_path)
@@ -210,6 +211,7 @@ def test_internet_access_is_forwarded_and_masqueraded(local_image, tmp_path):
         net.teardown(outside)
     assert subprocess.run(["nft", "list", "table", "ip", m.net.netns], capture_output=True).returncode != 0
     assert not net.exists(outside) and not net.exists(m.net)
+    assert net.IP_FORWARD.read_text() == forward_before, "forwarding is set back once no machine needs it"
 
 
 def test_a_failed_boot_leaves_nothing(local_image, tmp_path, monkeypatch):

@@ -203,3 +203,41 @@ def test_machine_network_comes_from_its_record_and_names_from_its_directory():
     assert (m.net.netns, m.net.host_if, m.net.address) == ("fedi-abcd1234", "fv-abcd1234", "10.213.0.10")
     # the same stack name under two state dirs gets two networks
     assert net.plan("/a/local/lemmy-localhost", 1).netns != net.plan("/b/local/lemmy-localhost", 1).netns
+
+
+def test_forwarding_goes_back_to_what_it_was_when_the_last_nat_table_is_gone(tmp_path, monkeypatch):
+    forward, before = tmp_path / "ip_forward", tmp_path / "before"
+    monkeypatch.setattr(net, "IP_FORWARD", forward)
+    monkeypatch.setattr(net, "FORWARD_BEFORE", before)
+    monkeypatch.setattr(net.shutil, "which", lambda _: "/usr/sbin/nft")
+    tables = ["table ip fedi-aaaa1111\ntable ip fedi-bbbb2222\n"]
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return net.subprocess.CompletedProcess(argv, 0, tables[0] if argv[:3] == ["nft", "list", "tables"] else "", "")
+
+    monkeypatch.setattr(net, "_run", run)
+    forward.write_text("0\n")
+    n1, n2 = net.plan("a", 1), net.plan("b", 2)
+    net.enable_nat(n1)
+    net.enable_nat(n2)
+    assert forward.read_text() == "1\n" and before.read_text() == "0\n"
+    tables[0] = "table ip fedi-bbbb2222\ntable ip docker\n"
+    net.teardown(n1)
+    assert forward.read_text() == "1\n", "another machine still forwards"
+    tables[0] = "table ip docker\n"
+    net.teardown(n2)
+    assert forward.read_text() == "0\n" and not before.exists()
+
+
+def test_forwarding_that_was_already_on_is_left_on(tmp_path, monkeypatch):
+    forward, before = tmp_path / "ip_forward", tmp_path / "before"
+    monkeypatch.setattr(net, "IP_FORWARD", forward)
+    monkeypatch.setattr(net, "FORWARD_BEFORE", before)
+    monkeypatch.setattr(net.shutil, "which", lambda _: "/usr/sbin/nft")
+    monkeypatch.setattr(net, "_run", lambda argv: net.subprocess.CompletedProcess(argv, 0, "", ""))
+    forward.write_text("1\n")
+    net.enable_nat(net.plan("a", 1))
+    net.teardown(net.plan("a", 1))
+    assert forward.read_text() == "1\n" and not before.exists()

@@ -5,7 +5,8 @@ Each machine gets one /30 from ``SUBNET``: the host side of the veth is ``.1``, 
 machine at its ``.2`` address directly. By default traffic never leaves the host: the machine has
 no internet access of its own. With ``internet`` (the local provider asks for it when this host can
 reach the image registries), the host forwards and masquerades the machine's traffic through its
-own nftables table ``ip fedi-<short>`` (removed with the machine), and sets net.ipv4.ip_forward=1.
+own nftables table ``ip fedi-<short>`` (removed with the machine), and sets net.ipv4.ip_forward=1;
+when the last such table goes, forwarding is set back to what it was before fedi turned it on.
 
 Commands are built as data (lists of argv lists) and run by :func:`setup` / :func:`teardown`.
 """
@@ -28,6 +29,9 @@ from provision.errors import MissingPrerequisite, ProvisionError
 SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
 NETNS_DIR = Path("/run/netns")
 LOCK = Path("/run/fedi-local-net.lock")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+# The host's ip_forward before fedi turned it on for the first machine with internet access.
+FORWARD_BEFORE = Path("/run/fedi-local-ip_forward")
 GUEST_IF = "eth0"
 # Where the apps' images come from (Docker Hub for Lemmy, GHCR for Mastodon and mbin).
 REGISTRIES: tuple[tuple[str, int], ...] = (("registry-1.docker.io", 443), ("ghcr.io", 443))
@@ -120,7 +124,10 @@ def internet_reachable(endpoints: tuple[tuple[str, int], ...] = REGISTRIES, time
 def enable_nat(net: Net) -> None:
     if shutil.which("nft") is None:
         raise MissingPrerequisite("nft is not installed on this host", hint="apt-get install nftables")
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    before = IP_FORWARD.read_text().strip()
+    if before != "1" and not FORWARD_BEFORE.exists():
+        FORWARD_BEFORE.write_text(before + "\n")
+    IP_FORWARD.write_text("1\n")
     _run(["nft", "delete", "table", "ip", net.netns])  # a leftover from a crash: start clean
     for argv in nat_commands(net):
         result = _run(argv)
@@ -182,3 +189,16 @@ def teardown(net: Net) -> None:
     commands = teardown_commands(net) + (nat_teardown_commands(net) if shutil.which("nft") else [])
     for argv in commands:
         _run(argv)
+    restore_forwarding()
+
+
+def restore_forwarding() -> None:
+    """Set ip_forward back to what it was once no machine's NAT table is left (fedi turned it on)."""
+    if not FORWARD_BEFORE.exists() or not shutil.which("nft"):
+        return
+    listing = _run(["nft", "list", "tables", "ip"])  # "table ip NAME" lines
+    names = [line.split()[-1] for line in listing.stdout.splitlines() if line.startswith("table ")]
+    if listing.returncode != 0 or any(name.startswith("fedi-") for name in names):
+        return
+    IP_FORWARD.write_text(FORWARD_BEFORE.read_text())
+    FORWARD_BEFORE.unlink()
