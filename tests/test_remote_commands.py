@@ -22,6 +22,13 @@ def test_ansible_argv_is_the_contract_run_through_sudo() -> None:
         "-n",
         "-H",
         "--",
+        "systemd-run",
+        "--scope",
+        "--unit=fedi-configure.scope",
+        "--collect",
+        "--quiet",
+        "--property=TimeoutStopSec=20",
+        "--",
         "env",
         "ANSIBLE_NOCOLOR=1",
         "ANSIBLE_FORCE_COLOR=0",
@@ -44,7 +51,18 @@ def test_ansible_argv_is_the_contract_run_through_sudo() -> None:
 
 def test_root_needs_no_sudo() -> None:
     argv = commands.ansible_argv(LAYOUT, "root")
-    assert argv[0] == "env" and "sudo" not in argv
+    assert argv[0] == "systemd-run" and "sudo" not in argv
+
+
+def test_without_a_scope_the_playbook_runs_bare_and_an_interrupted_run_is_stopped_whole() -> None:
+    assert commands.ansible_argv(commands.Layout(scope=""), "root")[0] == "env"
+    assert commands.stop_playbook_argv(LAYOUT, "fedi") == [
+        "sudo", "-n", "-H", "--", "systemctl", "stop", "--", "fedi-configure.scope"
+    ]  # fmt: skip
+    refused = "Failed to start transient scope unit: Unit fedi-configure.scope was already loaded or has a fragment"
+    assert commands.scope_busy(refused, LAYOUT)
+    assert not commands.scope_busy("ERROR! the playbook could not be found", LAYOUT)
+    assert not commands.scope_busy(refused, commands.Layout(scope=""))
 
 
 def test_install_replaces_trees_whole_and_runtime_is_private() -> None:

@@ -105,8 +105,8 @@ def setup(tmp: Path, sshd: Sshd, *, fail: bool = False):
     ansible.mkdir()
     (ansible / "site.yml").write_text(SITE_YML)
     layout = commands.Layout(
-        root=str(tmp / "opt-fedi"), app_dir=str(tmp / "opt-fedi/app"), ansible_playbook=str(PLAYBOOK)
-    )
+        root=str(tmp / "opt-fedi"), app_dir=str(tmp / "opt-fedi/app"), ansible_playbook=str(PLAYBOOK), scope=""
+    )  # no systemd on this machine: the playbook runs bare
     new_pub = keypair(tmp / "newhost")
     runtime = {
         "fedi_volume_device": "",

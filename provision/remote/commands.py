@@ -23,6 +23,9 @@ class Layout:
     app_dir: str = "/opt/fedi/app"  # the compose project directory
     ansible_playbook: str = "ansible-playbook"  # the program; Debian's ansible-core on the server
     lock_file: str = "/run/lock/fedi-configure.lock"  # one configure at a time per server
+    # The playbook runs in this transient systemd scope, so an interrupted run can be stopped whole
+    # (ansible, its workers and whatever a task started). "" runs it bare (the loopback tests: no systemd).
+    scope: str = "fedi-configure.scope"
 
     @property
     def bundle_dir(self) -> str:
@@ -57,10 +60,24 @@ def privileged(argv: list[str], user: str) -> list[str]:
     return list(argv) if user == "root" else ["sudo", "-n", "-H", "--", *argv]
 
 
+# How long `systemctl stop` lets the playbook's processes end on SIGTERM before it sends SIGKILL.
+STOP_TIMEOUT_S = 20
+
+
 def ansible_argv(layout: Layout, user: str) -> list[str]:
-    """The one playbook run: on the server, as root, against itself; variables only from files."""
+    """The one playbook run: on the server, as root, against itself; variables only from files.
+
+    In a transient scope (systemd-run --scope execs the command in the foreground: its output and exit
+    code are the playbook's), which is also why a second playbook cannot start while one still runs."""
+    scope = (
+        ["systemd-run", "--scope", f"--unit={layout.scope}", "--collect", "--quiet",
+         f"--property=TimeoutStopSec={STOP_TIMEOUT_S}", "--"]
+        if layout.scope
+        else []
+    )  # fmt: skip
     return privileged(
         [
+            *scope,
             "env",
             *ANSIBLE_ENV,
             layout.ansible_playbook,
@@ -76,6 +93,26 @@ def ansible_argv(layout: Layout, user: str) -> list[str]:
         ],
         user,
     )
+
+
+UNIT_NOT_LOADED = 5  # systemctl's exit code for a unit that is not loaded (the scope is already gone)
+
+
+def stop_playbook_argv(layout: Layout, user: str) -> list[str]:
+    """Stop an interrupted playbook run and everything it started (SIGTERM, then SIGKILL)."""
+    return privileged(["systemctl", "stop", "--", layout.scope], user)
+
+
+def scope_state_argv(layout: Layout) -> list[str]:
+    return ["systemctl", "is-active", "--", layout.scope]  # prints the state; no root needed
+
+
+BUSY_STATES = {"active", "activating", "deactivating", "reloading", "refreshing"}
+
+
+def scope_busy(output: str, layout: Layout) -> bool:
+    """Did systemd-run refuse because the scope of an earlier run still exists?"""
+    return bool(layout.scope) and layout.scope in output and "already" in output
 
 
 LOCKED = "fedi-configure-lock-held"

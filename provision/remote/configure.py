@@ -96,6 +96,37 @@ def failure_message(out: AnsibleOutput, rc: int, address: str, log_path: Path) -
     return None
 
 
+def _still_running(access: HostAccess, layout: commands.Layout) -> str:
+    return (
+        f"a playbook from an earlier fedi run is still running on {access.address} ({layout.scope}); wait "
+        f"for it to end, or stop it: fedi ssh, then sudo systemctl stop {layout.scope}"
+    )
+
+
+def _refuse_if_a_playbook_runs(session: Any, layout: commands.Layout, access: HostAccess) -> None:
+    """An earlier run whose connection dropped may still be going: its lock went with the connection."""
+    if not layout.scope:
+        return
+    _, state, _ = session.run(commands.scope_state_argv(layout), timeout=30)
+    if state.strip() in commands.BUSY_STATES:
+        raise RemoteError(_still_running(access, layout))
+
+
+def _stop_playbook(session: Any, layout: commands.Layout, access: HostAccess, progress: Progress) -> None:
+    """Best effort: the connection may be what failed. The configure lock goes with the connection."""
+    if not layout.scope:
+        return
+    try:
+        timeout = commands.STOP_TIMEOUT_S + 30
+        rc, _, _ = session.run(commands.stop_playbook_argv(layout, access.user), timeout=timeout)
+    except Exception:  # noqa: BLE001 - report below; the original error is what propagates
+        rc = -1
+    if rc in (0, commands.UNIT_NOT_LOADED):  # not loaded: it had just ended
+        progress(f"stopped the playbook on {access.address}")
+    else:
+        progress(f"could not stop the playbook on {access.address}: it may still be running ({layout.scope})")
+
+
 def configure(
     access: HostAccess,
     bundle: Bundle,
@@ -115,10 +146,13 @@ def configure(
     runtime_text = json.dumps(runtime, indent=2, sort_keys=True) + "\n"  # JSON is YAML: -e @runtime.yml reads it
     out = AnsibleOutput()
     log_fd, log_path = -1, Path()
+    first_lines: list[str] = []
 
     def on_line(line: str) -> None:
         line = redact(line)
         os.write(log_fd, (line + "\n").encode())
+        if len(first_lines) < 5:
+            first_lines.append(line)
         shown = out.feed(line)
         if shown:
             progress(shown)
@@ -136,6 +170,7 @@ def configure(
                     else f"cannot take the configure lock {layout.lock_file} on {access.address} (exit {rc})"
                 )
             try:
+                _refuse_if_a_playbook_runs(session, layout, access)  # before anything it reads is replaced
                 log_path, log_fd = _open_log(log_dir, access.address)  # only once connected to the pinned host
                 staging = session.check(commands.staging_argv()).strip()
                 try:
@@ -148,7 +183,15 @@ def configure(
                 finally:
                     session.run(commands.cleanup_argv(staging, access.user))
                 progress(f"running the playbook on {access.address}")
-                rc = session.stream(commands.ansible_argv(layout, access.user), on_line, timeout=timeout)
+                try:
+                    rc = session.stream(commands.ansible_argv(layout, access.user), on_line, timeout=timeout)
+                except BaseException:  # Ctrl-C, the timeout: the playbook must not go on alone on the server
+                    _stop_playbook(session, layout, access, progress)
+                    raise
+                if rc != 0 and commands.scope_busy("\n".join(first_lines), layout):
+                    raise RemoteError(_still_running(access, layout))
+                if layout.scope:  # what a task left behind in the scope (an agent a package started) ends too
+                    session.run(commands.stop_playbook_argv(layout, access.user), timeout=commands.STOP_TIMEOUT_S + 30)
                 message = failure_message(out, rc, access.address, log_path)
                 if message:
                     raise RemoteError(redact(message))
