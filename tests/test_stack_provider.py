@@ -208,3 +208,24 @@ def test_a_stack_with_only_its_secrets_is_not_listed_and_has_no_outputs(hetzner)
         hetzner.outputs("social-example-org")
     hetzner.down("social-example-org", lambda _l: None)  # forgets it
     assert hetzner.engine.stack_names() == []
+
+
+def test_adopting_another_stacks_app_secrets_keeps_its_own_keys_and_its_server(hetzner, tmp_path):
+    """After `fedi backup restore --into/--from-env` the stack keeps the restored data's app secrets in its
+    Pulumi config; its SSH keys and repository password stay, so the server's user-data is unchanged and
+    the next `fedi up` does not replace the server."""
+    from provision.bundle import render_bundle
+    from provision.secrets import OWN_SECRETS, app_secrets, generate_secrets
+
+    spec = spec_of()
+    own = hetzner.secrets(spec)
+    old = generate_secrets(spec)
+    hetzner.adopt_secrets(spec.stack_name, old)
+    now = hetzner.secrets(spec)
+    assert app_secrets(now) == app_secrets(old) != app_secrets(own)
+    assert {k: v for k, v in now.items() if k.startswith(OWN_SECRETS)} == {
+        k: v for k, v in own.items() if k.startswith(OWN_SECRETS)
+    }
+    before = render_bundle(spec, sizing(spec), own, None, tmp_path / "before")
+    after = render_bundle(spec, sizing(spec), now, None, tmp_path / "after")
+    assert after.cloud_init == before.cloud_init
