@@ -171,7 +171,14 @@ def restore_cmd(
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
     elif into is not None:
-        source_env, source, old_secrets = _source_env(stack, domain, provider, target)
+        source_env, source, old_secrets, source_domain = _source_env(stack, domain, provider, target)
+        target_domain = target.extra.get("domain") or ""
+        if source_domain and target_domain and source_domain != target_domain:
+            note(
+                f"warning: {source} serves {source_domain}, {target_name} serves {target_domain}. The restored "
+                f"accounts and posts keep their {source_domain} addresses: Fediverse software cannot move an "
+                "instance to another domain. To move the server, keep the domain and point it at the new one."
+            )
     _confirm(
         f"Replace the live database and configuration of {target_name} with snapshot {snapshot} of {source}"
         f"{' (after a safety snapshot)' if safety else ''}?",
@@ -222,8 +229,10 @@ def env_cmd(
     note(f"wrote {out} (0600). It holds the repository password: store it somewhere safe, offline.")
 
 
-def _source_env(stack: str | None, domain: str | None, provider: str | None, target) -> tuple[str, str, dict[str, str]]:
-    """The repository settings of the stack the flags name (the old one), a label, and its secrets."""
+def _source_env(
+    stack: str | None, domain: str | None, provider: str | None, target
+) -> tuple[str, str, dict[str, str], str]:
+    """The repository settings of the stack the flags name (the old one), a label, its secrets and domain."""
     from provision import backup
     from provision.lifecycle import spec_of_outputs
 
@@ -233,7 +242,7 @@ def _source_env(stack: str | None, domain: str | None, provider: str | None, tar
         raise BackupError(f"stack {name}: its outputs do not say what it runs", hint="use --from-env FILE")
     secrets = prov.secrets(spec)
     if outputs.storage is not None:
-        return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}", secrets
+        return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}", secrets, spec.domain
     # No backups bucket (local provider): the repository lives in the old machine's backups directory on
     # this computer. Copy it next to the new machine's backups, where that machine sees it.
     old_dir = Path(outputs.extra.get("backups") or "") / "restic"
@@ -247,7 +256,7 @@ def _source_env(stack: str | None, domain: str | None, provider: str | None, tar
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(old_dir, copy, symlinks=True)
     env = backup.repository_env(secrets["restic_password"], None, f"/var/backups/fedi/{copy.name}")
-    return env, f"stack {name}", secrets
+    return env, f"stack {name}", secrets, spec.domain
 
 
 def _confirm(question: str, yes: bool) -> None:

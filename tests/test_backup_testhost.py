@@ -141,6 +141,7 @@ def test_backup_one_machine_and_restore_into_a_fresh_one(machines, monkeypatch, 
         capsys, "backup", "restore", "--domain", OLD, "--into", stack(NEW), "--provider", "local", "--yes", "--json"
     )
     assert rc == 0, err
+    assert f"keep their {OLD} addresses" in err  # another domain: said plainly
     result = json.loads(out)
     assert result["snapshot"] == snap["id"] and result["config"] is True
     assert psql(NEW, FINGERPRINT) == seeded
