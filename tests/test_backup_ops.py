@@ -309,3 +309,10 @@ def test_restored_secrets_that_are_not_a_json_object_of_strings_are_refused(tmp_
     assert backup.read_restored_secrets(ACCESS, runner=lambda *_: (1, "", "cat: x: No such file or directory")) is None
     with pytest.raises(BackupError, match="could not read"):
         backup.read_restored_secrets(ACCESS, runner=lambda *_: (1, "", "sudo: a password is required"))
+
+
+def test_the_restored_secrets_file_is_where_the_bundle_puts_it():
+    from provision import lifecycle
+    from provision.bundle import SECRETS_FILE
+
+    assert f"{lifecycle.BUNDLE_DIR}/{SECRETS_FILE}" == backup.BUNDLE_SECRETS
