@@ -112,13 +112,18 @@ def _refuse_if_a_playbook_runs(session: Any, layout: commands.Layout, access: Ho
         raise RemoteError(_still_running(access, layout))
 
 
+def _stop_scope(session: Any, layout: commands.Layout, access: HostAccess) -> int:
+    """`systemctl stop` the playbook's scope; its exit code."""
+    argv = commands.stop_playbook_argv(layout, access.user)
+    return session.run(argv, timeout=commands.STOP_TIMEOUT_S + 30)[0]
+
+
 def _stop_playbook(session: Any, layout: commands.Layout, access: HostAccess, progress: Progress) -> None:
     """Best effort: the connection may be what failed. The configure lock goes with the connection."""
     if not layout.scope:
         return
     try:
-        timeout = commands.STOP_TIMEOUT_S + 30
-        rc, _, _ = session.run(commands.stop_playbook_argv(layout, access.user), timeout=timeout)
+        rc = _stop_scope(session, layout, access)
     except Exception:  # noqa: BLE001 - report below; the original error is what propagates
         rc = -1
     if rc in (0, commands.UNIT_NOT_LOADED):  # not loaded: it had just ended
@@ -191,7 +196,7 @@ def configure(
                 if rc != 0 and commands.scope_busy("\n".join(first_lines), layout):
                     raise RemoteError(_still_running(access, layout))
                 if layout.scope:  # what a task left behind in the scope (an agent a package started) ends too
-                    session.run(commands.stop_playbook_argv(layout, access.user), timeout=commands.STOP_TIMEOUT_S + 30)
+                    _stop_scope(session, layout, access)
                 message = failure_message(out, rc, access.address, log_path)
                 if message:
                     raise RemoteError(redact(message))
