@@ -265,5 +265,7 @@ def test_sshd_drop_in_passes_sshd_t(tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
     conf = tmp_path / "sshd.conf"
     conf.write_text(text.replace("/etc/ssh/ssh_host_ed25519_key", str(key)))
+    # sshd -t insists on its privilege separation directory, which only exists once sshd has run.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     proc = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(conf)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
