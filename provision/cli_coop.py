@@ -59,10 +59,58 @@ def _cost(target: tuple[str, str, str], provider: str, **options: Any) -> Any:
     return monthly_cost(target, **options)
 
 
+StackOpt = Annotated[str | None, typer.Option("--stack", help="an existing stack of the account", show_default=False)]
+AllStacks = Annotated[bool, typer.Option("--all", help="the account's whole bill: every stack, shared lines once")]
+Alone = Annotated[bool, typer.Option("--alone", help="price the stack as the account's only one")]
+Backend = Annotated[
+    str | None,
+    typer.Option(help="Pulumi state backend that holds the account's stacks (default: the local file backend)"),
+]
+
+
+def _account(backend: str | None) -> tuple[Any, list[Any], str]:
+    """(account settings, the account's stacks, why they could not be listed or "")."""
+    from provision.account import list_members, parse_account
+    from provision.cli_stack import make_provider
+    from provision.spec import load_config
+
+    settings = parse_account(load_config().get("account"))
+    members, why = list_members(make_provider("hetzner", backend), settings)
+    return settings, members, why
+
+
+def _bill(members: list[Any], backups: bool, storage_tb: float | None, no_object_storage: bool) -> Any:
+    from provision.account import account_bill
+    from provision.cost import load_prices
+
+    return account_bill(
+        members, load_prices(), object_storage=not no_object_storage, stored_tb=storage_tb, hetzner_backups=backups
+    )
+
+
+def _stack_view(bill: Any, name: str, why: str = "") -> tuple[dict[str, Any], str]:
+    """One stack's lines and share (JSON and text), with the account's total beside them."""
+    data = bill.breakdown(name).as_dict() | {
+        "account": {
+            "stacks": [s.member.stack for s in bill.stacks],
+            "total_net": float(round(bill.total_net, 2)),
+            "total_gross": float(round(bill.total_gross, 2)),
+            "share_rule": bill.rule,
+        },
+        "account_note": why,
+    }
+    return data, bill.stack_text(name) + (f"\naccount: {why}" if why else "")
+
+
 def cost(
     software: Software = None,
     size: Size = None,
     location: Location = None,
+    domain: Domain = None,
+    stack: StackOpt = None,
+    all_stacks: AllStacks = False,
+    alone: Alone = False,
+    backend: Backend = None,
     backups: Backups = False,
     storage_tb: StorageTb = 1.0,
     no_object_storage: NoStorage = False,
@@ -71,11 +119,68 @@ def cost(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Print the monthly cost of an instance: every resource, net and gross, and where the prices come from."""
+    """Print the monthly cost of an instance: its own lines and its share of what the account pays once.
+
+    --all prints the account's whole bill (every Hetzner stack in the state backend, or [account] stacks);
+    --stack NAME one stack of it; otherwise the stack the flags and fedi.toml describe, as it would join
+    the account (--alone: as its only stack).
+    """
+    from provision.errors import MissingPrerequisite, UsageError
+
+    if all_stacks or stack:
+        _, members, why = _account(backend)
+        if not members:
+            raise MissingPrerequisite("the account has no Hetzner stacks to price" + (f": {why}" if why else ""))
+        bill = _bill(members, backups, storage_tb, no_object_storage)
+        if all_stacks:
+            emit(bill.as_dict(), as_json, bill.text())
+            return
+        if stack not in [m.stack for m in members]:
+            raise UsageError(f"stack: {stack!r} is not a Hetzner stack of the account (see `fedi cost --all`)")
+        data, human = _stack_view(bill, stack)
+        emit(data, as_json, human)
+        return
     target, provider = _target(software, size, location)
     options = {"hetzner_backups": backups, "object_storage": not no_object_storage, "object_storage_tb": storage_tb}
-    breakdown = _cost(target, provider, ephemeral_hours=hours, **options)
-    emit(breakdown.as_dict(), as_json, breakdown.text())
+    if hours is not None or provider == "local":
+        breakdown = _cost(target, provider, ephemeral_hours=hours, **options)
+        emit(breakdown.as_dict(), as_json, breakdown.text())
+        return
+    from provision.account import parse_account, planned_member, with_planned
+    from provision.cli_stack import stack_name
+    from provision.spec import load_config
+
+    domain = domain or load_config().get("domain")
+    name = stack_name(None, domain) if domain else "this-stack"
+    if alone:
+        settings, members, why = parse_account(load_config().get("account")), [], ""
+    else:
+        settings, members, why = _account(backend)
+    members = with_planned(members, planned_member(name, *target, settings))
+    bill = _bill(members, backups, storage_tb, no_object_storage)
+    data, human = _stack_view(bill, name, f"{why}; priced alone" if why else "")
+    emit(data, as_json, human)
+
+
+def _dues_cost(
+    software: str | None, size: str | None, location: str | None, stack: str | None, backups: bool, backend: str | None
+) -> tuple[Any, str]:
+    """What the dues cover: the account's total, one named stack with its share, or (no account) one stack."""
+    from provision.errors import UsageError
+
+    _, members, why = _account(backend)
+    if members:
+        bill = _bill(members, backups, None, False)
+        if stack is None:
+            names = ", ".join(m.stack for m in members)
+            return bill, f"the co-op's {len(members)} stack{'s' if len(members) > 1 else ''} ({names})"
+        if stack not in [m.stack for m in members]:
+            raise UsageError(f"stack: {stack!r} is not a Hetzner stack of the account (see `fedi cost --all`)")
+        return bill.breakdown(stack), f"stack {stack} with its share of the shared lines"
+    if stack:
+        raise UsageError(f"stack: {stack!r} is not a Hetzner stack of the account" + (f" ({why})" if why else ""))
+    target, provider = _target(software, size, location)
+    return _cost(target, provider, hetzner_backups=backups), "one stack alone" + (f" ({why})" if why else "")
 
 
 @coop_app.command("dues")
@@ -83,22 +188,20 @@ def dues(
     software: Software = None,
     size: Size = None,
     location: Location = None,
+    stack: StackOpt = None,
+    backend: Backend = None,
     backups: Backups = False,
     as_json: Json = False,
 ) -> None:
-    """How many paying members cover the instance, how many subsidized memberships it carries, funding %."""
+    """How many paying members cover the co-op's bill (every stack of the account, or --stack NAME)."""
     from provision.dues import compute_dues, parse_coop
     from provision.spec import load_config
 
-    target, provider = _target(software, size, location)
-    breakdown = _cost(target, provider, hetzner_backups=backups)
-    report = compute_dues(parse_coop(load_config().get("coop")), breakdown)
-    data = report.as_dict() | {"note": breakdown.note}
-    emit(
-        data,
-        as_json,
-        report.summary() + f"\nprices: {breakdown.source}" + (f" ({breakdown.note})" if breakdown.note else ""),
-    )
+    total, basis = _dues_cost(software, size, location, stack, backups, backend)
+    report = compute_dues(parse_coop(load_config().get("coop")), total)
+    data = report.as_dict() | {"note": total.note, "basis": basis}
+    prices = f"prices: {total.source}" + (f" ({total.note})" if total.note else "")
+    emit(data, as_json, f"Costs of {basis}.\n{report.summary()}\n{prices}")
 
 
 @coop_app.command("verify-signature")
@@ -164,6 +267,7 @@ def monthly(
     location: Location = None,
     admin_email: AdminEmail = None,
     provider: Provider = None,
+    backend: Backend = None,
     announce: Annotated[
         bool | None,
         typer.Option(
@@ -172,16 +276,25 @@ def monthly(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """The monthly run: send the cost.monthly event, deliver the outbox, and post the funding status."""
+    """The monthly run: the account's bill, the cost.monthly event, the outbox, and the funding status."""
     from provision import coop, hooks
+    from provision.account import planned_member, with_planned
     from provision.cost import monthly_cost
     from provision.dues import compute_dues, parse_coop
 
     spec = spec_from(software, size, domain, location, admin_email, provider)
     settings = parse_coop(spec.extra.get("coop"))
-    breakdown = monthly_cost(spec)
-    report = compute_dues(settings, breakdown)
-    ids = hooks.emit_lifecycle("cost.monthly", spec=spec, outputs=None, cost=breakdown, deliver=False)
+    bill, why = None, ""
+    if spec.provider == "local":
+        breakdown = monthly_cost(spec)
+        report = compute_dues(settings, breakdown)
+    else:
+        account, members, why = _account(backend)
+        members = with_planned(members, planned_member(spec.stack_name, spec.size, spec.app, spec.location, account))
+        bill = _bill(members, False, None, False)
+        breakdown = bill.breakdown(spec.stack_name)
+        report = compute_dues(settings, bill)
+    ids = hooks.emit_lifecycle("cost.monthly", spec=spec, outputs=None, cost=breakdown, account=bill, deliver=False)
     delivery = hooks.deliver_pending()
     for line in delivery.errors:
         note(f"fedi: {line}")
@@ -195,10 +308,15 @@ def monthly(
         "delivered": list(delivery.delivered),
         "pending": len(delivery.pending),
         "dues": report.as_dict(),
+        "account": bill.as_dict() if bill is not None else None,
+        "account_note": why,
         "announced": posted or None,
     }
-    human = [report.summary(), f"events: {len(ids)} queued, {len(delivery.pending)} still pending"]
-    if breakdown.note:
+    human = [bill.text()] if bill is not None else []
+    if why:
+        human.append(f"account: {why}; this stack alone")
+    human += [report.summary(), f"events: {len(ids)} queued, {len(delivery.pending)} still pending"]
+    if breakdown.note and bill is None:
         human.append(f"prices: {breakdown.source} ({breakdown.note})")
     if posted:
         human.append(posted)

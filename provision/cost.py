@@ -72,6 +72,11 @@ class PriceList:
     object_storage: dict[str, Any]  # base_monthly, included_storage_tb, price_per_tb_month (table only)
     source: str  # "hetzner-api 2026-11-28" | "table 2026-05-27"
     note: str = ""  # said to the user: "offline: prices from the table of ..."
+    unconfirmed: tuple[tuple[str, str], ...] = ()  # (item, why) from the table's _unconfirmed list
+
+    def unconfirmed_for(self, names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        """``"item: why"`` for every unconfirmed figure that one of the line ``names`` uses."""
+        return tuple(f"{item}: {why}" for item, why in self.unconfirmed if any(n.startswith(item) for n in names))
 
     @property
     def currency(self) -> str:
@@ -134,6 +139,7 @@ class CostBreakdown:
     note: str = ""  # e.g. "offline: prices from the table of 2026-05-27"
     hours: float | None = None  # None = a month; else the hours of an ephemeral stack
     labels: dict[str, str] = field(default_factory=dict, compare=False)  # size, app, location, server type
+    unconfirmed: tuple[str, ...] = ()  # "item: why" for figures of the table no published source confirms
 
     @property
     def total(self) -> Price:
@@ -156,6 +162,7 @@ class CostBreakdown:
             "source": self.source,
             "note": self.note,
             "period": "month" if self.hours is None else f"{self.hours:g} hours",
+            "unconfirmed": list(self.unconfirmed),
             **self.labels,
         }
 
@@ -171,6 +178,7 @@ class CostBreakdown:
             f"{_money(self.total_net):>10} {_money(self.total_gross):>10}"
         )
         rows.append(f"prices: {self.source}" + (f" ({self.note})" if self.note else ""))
+        rows += [f"unconfirmed: {item}" for item in self.unconfirmed]
         return "\n".join(rows)
 
 
@@ -218,6 +226,12 @@ def _table() -> dict[str, Any]:
     return json.loads(TABLE.read_text(encoding="utf-8"))
 
 
+def _unconfirmed(table: dict[str, Any], *, only_object_storage: bool = False) -> tuple[tuple[str, str], ...]:
+    """The table's ``_unconfirmed`` list; with live prices only Object Storage still comes from the table."""
+    items = tuple((str(e["item"]), str(e["why"])) for e in table.get("_unconfirmed", []))
+    return tuple(i for i in items if i[0].startswith("object storage")) if only_object_storage else items
+
+
 def table_prices(note: str = "") -> PriceList:
     table = _table()
     date = table["_date"]
@@ -226,6 +240,7 @@ def table_prices(note: str = "") -> PriceList:
         table["object_storage"],
         f"table {date}",
         note or f"offline: prices from the table of {date}",
+        _unconfirmed(table),
     )
 
 
@@ -292,9 +307,11 @@ def load_prices(
     base_url = base_url or os.environ.get("FEDI_HCLOUD_API") or API_URL
     now = now or datetime.now(UTC)
     table = _table()
+    live_unconfirmed = _unconfirmed(table, only_object_storage=True)
     cached = _read_cache()
     if cached and now - cached[1] < max_age:
-        return PriceList(cached[0], table["object_storage"], f"hetzner-api {cached[1].date()}", "cached")
+        api = f"hetzner-api {cached[1].date()}"
+        return PriceList(cached[0], table["object_storage"], api, "cached", live_unconfirmed)
     reason = "no HCLOUD_TOKEN"
     if token:
         try:
@@ -303,9 +320,11 @@ def load_prices(
             reason = f"live prices unavailable: {_reason(exc)}"
         else:
             _write_cache(pricing, now)
-            return PriceList(pricing, table["object_storage"], f"hetzner-api {now.date()}")
+            return PriceList(pricing, table["object_storage"], f"hetzner-api {now.date()}", "", live_unconfirmed)
     if cached:
-        return PriceList(cached[0], table["object_storage"], f"hetzner-api {cached[1].date()}", f"cached; {reason}")
+        return PriceList(
+            cached[0], table["object_storage"], f"hetzner-api {cached[1].date()}", f"cached; {reason}", live_unconfirmed
+        )
     return table_prices(f"offline: prices from the table of {table['_date']}" + ("" if not token else f"; {reason}"))
 
 
@@ -395,7 +414,10 @@ def monthly_cost(
                 "TB-month",
                 _gross(prices, Decimal(store["price_per_tb_month"]["net"])),
             )
-    return CostBreakdown(tuple(lines), prices.currency, prices.source, prices.note, ephemeral_hours, labels)
+    unconfirmed = prices.unconfirmed_for([line.name for line in lines])
+    return CostBreakdown(
+        tuple(lines), prices.currency, prices.source, prices.note, ephemeral_hours, labels, unconfirmed
+    )
 
 
 def resize_difference(old: CostBreakdown, new: CostBreakdown) -> CostDifference:

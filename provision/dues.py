@@ -148,6 +148,7 @@ class DuesReport:
     reserve_percent: Decimal | None  # None without a target
     runway_months: Decimal | None  # months the reserve covers the shortfall; None without a shortfall
     source: str  # where the cost's prices come from
+    subject: str = "The instance costs"  # "The co-op's 4 stacks cost" when dues cover a whole account
 
     def as_dict(self) -> dict[str, Any]:
         def money(v: Decimal) -> float:
@@ -184,7 +185,7 @@ class DuesReport:
         d = self.as_dict()
         cur, per = self.currency, self.period
         lines = [
-            f"The instance costs {d['cost_per_period']:.2f} {cur} a {per} ({self.costs}). "
+            f"{self.subject} {d['cost_per_period']:.2f} {cur} a {per} ({self.costs}). "
             f"Dues of {d['dues_per_period']:.2f} {cur} a {per}: {self.members_to_cover} paying members cover it.",
             f"{self.members} members ({self.paying} paying, {self.extra_payers} of them extra; "
             f"{self.subsidized} subsidized) bring {d['income_per_period']:.2f} {cur} a {per}: "
@@ -202,7 +203,10 @@ class DuesReport:
 
 
 def compute_dues(settings: CoopSettings, cost: Any) -> DuesReport:
-    """``cost`` is a :class:`provision.cost.CostBreakdown` for a month."""
+    """``cost`` is a :class:`provision.cost.CostBreakdown` or :class:`provision.account.AccountBill` for a month.
+
+    An account's bill is the co-op's total: every stack, the shared lines once.
+    """
     cost_month = cost.total_gross if settings.costs == "gross" else cost.total_net
     months = PERIODS[settings.period]
     dues_m = settings.dues / months
@@ -239,4 +243,12 @@ def compute_dues(settings: CoopSettings, cost: Any) -> DuesReport:
         reserve_percent=reserve_percent,
         runway_months=runway,
         source=cost.source,
+        subject=_subject(cost),
     )
+
+
+def _subject(cost: Any) -> str:
+    stacks = getattr(cost, "stacks", None)
+    if stacks is None:
+        return "The instance costs"
+    return f"The co-op's {len(stacks)} stacks cost" if len(stacks) > 1 else "The co-op's stack costs"

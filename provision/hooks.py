@@ -294,11 +294,16 @@ def emit(event_type: str, data: dict[str, Any], config: dict[str, Any], *, deliv
     return ids
 
 
-def emit_lifecycle(kind: str, *, spec: Any, outputs: Any = None, cost: Any = None, deliver: bool = True) -> list[str]:
-    """The lifecycle's hook: ``kind`` is stack.created/resized/destroyed or cost.monthly; data from the spec."""
+def emit_lifecycle(
+    kind: str, *, spec: Any, outputs: Any = None, cost: Any = None, account: Any = None, deliver: bool = True
+) -> list[str]:
+    """The lifecycle's hook: ``kind`` is stack.created/resized/destroyed or cost.monthly; data from the spec.
+
+    ``account`` (a :class:`provision.account.AccountBill`, cost.monthly) adds the account's whole bill.
+    """
     from provision.coop import event_data
 
-    return emit(kind, event_data(spec, outputs, cost), spec.extra or {}, deliver=deliver)
+    return emit(kind, event_data(spec, outputs, cost, account=account), spec.extra or {}, deliver=deliver)
 
 
 @contextlib.contextmanager

@@ -192,7 +192,7 @@ SPEC_KEYS = (
     "ssh_allow",
     "production",
 )
-SECTIONS = ("smtp", "coop", "hooks", "backup", "state")
+SECTIONS = ("smtp", "coop", "hooks", "backup", "state", "account")
 
 
 def load_config(directory: Path | None = None) -> dict[str, Any]:

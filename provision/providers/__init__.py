@@ -48,6 +48,7 @@ class StackSummary:
     ephemeral: bool = False
     expires: str = ""  # ISO 8601 UTC, ephemeral stacks only
     production: bool = False
+    location: str = ""  # fsn1 | nbg1 | hel1 (Hetzner); "" where it does not apply
 
 
 class Provider(Protocol):

@@ -309,6 +309,7 @@ class HetznerProvider:
                     ephemeral=bool(out.get("ephemeral")),
                     expires=_iso(out.get("expires") or 0) if out.get("ephemeral") else "",
                     production=bool(out.get("production")),
+                    location=out.get("location", ""),
                 )
             )
         return found
