@@ -208,3 +208,15 @@ def test_resize_difference():
     assert diff.as_dict()["difference_net"] == pytest.approx(float(diff.delta.net), abs=0.005)
     assert "+" in diff.text()
     assert resize_difference(new, old).delta.net == -diff.delta.net
+
+
+def test_unconfirmed_figures_are_named_beside_the_lines_they_touch():
+    b = monthly_cost(("tiny", "mastodon", "fsn1"))
+    items = [u.split(":")[0] for u in b.unconfirmed]
+    assert items == ["server cx23", "primary IPv4", "object storage"]
+    assert "unconfirmed: server cx23: derived" in b.text() and b.as_dict()["unconfirmed"] == list(b.unconfirmed)
+    assert not any(u.startswith("server cx43") for u in b.unconfirmed)
+    # with the live price list only Object Storage (not in /v1/pricing) still comes from the table
+    with PricingAPI(_api_body()) as api:
+        live = monthly_cost(("tiny", "mastodon", "fsn1"), prices=load_prices(token=TOKEN, base_url=api.url))
+    assert [u.split(":")[0] for u in live.unconfirmed] == ["object storage"]
