@@ -10,7 +10,11 @@ in ``fedi.toml``::
 Requests follow the Standard Webhooks specification (standardwebhooks.com), so a receiver can check them
 with that project's libraries in its own language:
 
-- body: ``{"type": "<event>", "timestamp": "<ISO 8601 UTC>", "data": {...}}`` as JSON;
+- body: ``{"type": "<event>", "timestamp": "<ISO 8601 UTC>", "data": {...}}`` as JSON; ``data`` is
+  :func:`provision.coop.event_data`: the stack, its size, ``cost`` (its breakdown) and ``dues``; for
+  ``cost.monthly`` also ``account`` (the account's whole bill: ``stacks``, ``shared``, ``share_rule``,
+  ``total_net``, ``vat``, ``total_gross``), with ``cost`` the stack's own lines plus its share of the
+  shared lines and ``dues`` figured on the account's total (``dues_basis: "account"``);
 - ``webhook-id``: the message id, the same on every retry: the receiver's idempotency key;
 - ``webhook-timestamp``: seconds since the epoch, of this attempt;
 - ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with the
