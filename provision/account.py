@@ -80,8 +80,9 @@ def parse_account(raw: Any) -> AccountSettings:
 def members_from(summaries: list[Any], settings: AccountSettings) -> list[Member]:
     """The account's stacks from the backend's :class:`provision.providers.StackSummary` list.
 
-    Only Hetzner stacks that say what they run count; ``[account] stacks`` narrows the list (a named
-    stack missing from the backend is an error: the bill would be short without saying so).
+    Only Hetzner stacks that say what they run count; ephemeral ones (billed by the hour, swept within
+    hours) only when ``[account] stacks`` names them. ``[account] stacks`` sets the list (a named stack
+    missing from the backend is an error: the bill would be short without saying so).
     """
     from provision.spec import APPS
 
@@ -90,7 +91,7 @@ def members_from(summaries: list[Any], settings: AccountSettings) -> list[Member
         for s in summaries
         if getattr(s, "provider", "hetzner") == "hetzner" and getattr(s, "size", "") and getattr(s, "software", "")
     }
-    names = list(settings.stacks) or sorted(found)
+    names = list(settings.stacks) or sorted(n for n, s in found.items() if not getattr(s, "ephemeral", False))
     missing = [n for n in names if n not in found]
     if missing:
         raise ValidationError("account/stacks", f"{missing[0]!r} is not a Hetzner stack in the state backend")

@@ -23,7 +23,12 @@ coop_app = typer.Typer(
 
 Backups = Annotated[bool, typer.Option("--backups", help="include Hetzner's own server backups (20% of the server)")]
 StorageTb = Annotated[
-    float, typer.Option("--storage-tb", min=0.0, help="object storage held, in TB (the base price includes 1 TB)")
+    float,
+    typer.Option(
+        "--storage-tb",
+        min=0.0,
+        help="object storage the account holds, in TB, when [account] stored_gb does not say (1 TB is included)",
+    ),
 ]
 SECRET_ENV = "FEDI_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 NoStorage = Annotated[bool, typer.Option("--no-object-storage", help="leave out object storage")]
@@ -127,6 +132,8 @@ def cost(
     """
     from provision.errors import MissingPrerequisite, UsageError
 
+    if hours is not None and (all_stacks or stack):
+        raise UsageError("hours: prices one ephemeral stack alone; not with --all or --stack")
     if all_stacks or stack:
         _, members, why = _account(backend)
         if not members:

@@ -169,6 +169,7 @@ def test_members_are_the_backends_hetzner_stacks_unless_named():
         _summary("l", provider="local"),
         _summary("x", size=""),  # says nothing of what it runs: not priced
         _summary("k", software="kbin", location="hel1"),
+        StackSummary("t", "hetzner", "lemmy", "tiny", "t.example", "", ephemeral=True, location="fsn1"),
     ]
     members = members_from(summaries, parse_account(None))
     assert [(m.stack, m.app, m.location) for m in members] == [
@@ -176,8 +177,8 @@ def test_members_are_the_backends_hetzner_stacks_unless_named():
         ("b", "lemmy", "fsn1"),
         ("k", "mbin", "hel1"),
     ]
-    named = members_from(summaries, parse_account({"stacks": ["b", "a"], "stored_gb": {"a": 2.5}}))
-    assert [(m.stack, m.stored_bytes) for m in named] == [("b", None), ("a", int(2.5 * GB))]
+    named = members_from(summaries, parse_account({"stacks": ["b", "a", "t"], "stored_gb": {"a": 2.5}}))
+    assert [(m.stack, m.stored_bytes) for m in named] == [("b", None), ("a", int(2.5 * GB)), ("t", None)]
     with pytest.raises(ValidationError, match="'zz' is not a Hetzner stack"):
         members_from(summaries, parse_account({"stacks": ["zz"]}))
 

@@ -124,6 +124,8 @@ def test_account_errors_are_one_line(engine, capsys):
     provision_stack(engine, **TWO[0])
     code, _, err = run(capsys, "cost", "--stack", "nope")
     assert code == 2 and "'nope' is not a Hetzner stack of the account" in err
+    code, _, err = run(capsys, "cost", "--all", "--hours", "3")
+    assert code == 2 and err == "fedi: hours: prices one ephemeral stack alone; not with --all or --stack\n"
 
 
 # The co-op of TWO, by hand from the table (net; gross as the table gives it, each line to the cent):
