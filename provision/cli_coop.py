@@ -75,7 +75,7 @@ Backend = Annotated[
 
 def _account(backend: str | None) -> tuple[Any, list[Any], str]:
     """(account settings, the account's stacks, why they could not be listed or "")."""
-    from provision.account import list_members, parse_account
+    from provision.account_stacks import list_members, parse_account
     from provision.cli_stack import make_provider
     from provision.spec import load_config
 
@@ -153,7 +153,7 @@ def cost(
         breakdown = _cost(target, provider, ephemeral_hours=hours, **options)
         emit(breakdown.as_dict(), as_json, breakdown.text())
         return
-    from provision.account import parse_account, planned_member, with_planned
+    from provision.account_stacks import parse_account, planned_member, with_planned
     from provision.cli_stack import stack_name
     from provision.spec import load_config
 
@@ -285,7 +285,7 @@ def monthly(
 ) -> None:
     """The monthly run: the account's bill, the cost.monthly event, the outbox, and the funding status."""
     from provision import coop, hooks
-    from provision.account import planned_member, with_planned
+    from provision.account_stacks import planned_member, with_planned
     from provision.cost import monthly_cost
     from provision.dues import compute_dues, parse_coop
 
