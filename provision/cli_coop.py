@@ -174,8 +174,10 @@ def _dues_cost(
 ) -> tuple[Any, str]:
     """What the dues cover: the account's total, one named stack with its share, or (no account) one stack."""
     from provision.errors import UsageError
+    from provision.spec import load_config
 
-    _, members, why = _account(backend)
+    local = load_config().get("provider") == "local"  # a local co-op has no Hetzner account to list
+    _, members, why = ([], [], "") if local else _account(backend)
     if members:
         bill = _bill(members, backups, None, False)
         if stack is None:

@@ -194,3 +194,12 @@ def test_monthly_event_carries_the_stacks_lines_and_the_account_total(engine, ca
     assert event["account"]["total_gross"] == 23.69 and len(event["account"]["stacks"]) == 2
     assert event["dues"]["cost_month"] == 23.69 == data["dues"]["cost_month"]
     assert data["account"]["total_net"] == event["account"]["total_net"]
+
+
+def test_a_local_coop_has_no_hetzner_account(engine, capsys, tmp_path):
+    provision_stack(engine, **TWO[0])
+    (tmp_path / "fedi.toml").write_text(
+        'provider = "local"\nsoftware = "lemmy"\nsize = "tiny"\n[coop]\ndues = 3\nperiod = "month"\nmembers = 5\n'
+    )
+    data = run_json(capsys, "coop", "dues")
+    assert data["basis"] == "one stack alone" and data["cost_month"] == 0 and data["members_to_cover"] == 0
