@@ -50,8 +50,8 @@ def _target(stack: str | None, domain: str | None, provider: str | None):
     """(stack name, provider object, its outputs) for the stack the flags name."""
     from provision.cli_stack import make_provider, provider_name, stack_name
 
-    name = stack_name(stack, domain)
     prov = make_provider(provider_name(provider))
+    name = stack_name(stack, domain, prov)
     return name, prov, prov.outputs(name)
 
 

@@ -6,7 +6,6 @@ Nothing here imports pulumi at module level: `fedi --help` stays light.
 
 from __future__ import annotations
 
-import re
 import secrets as _secrets
 import sys
 import time
@@ -60,13 +59,17 @@ def ephemeral_domain(domain: str) -> str:
     return f"t{_secrets.token_hex(3)}.{validate_domain(domain)}"
 
 
-def stack_name(stack: str | None, domain: str | None) -> str:
+def stack_name(stack: str | None, domain: str | None, provider: Any = None) -> str:
+    """The stack the flags name; with ``provider``, a stack made under the old naming rule is found too."""
+    from provision import names
+
     if stack:
         return stack
     domain = domain or load_config().get("domain")
     if not domain:
         raise UsageError("domain: is required to find the stack (pass --domain or --stack)")
-    return re.sub(r"[^a-z0-9-]", "-", validate_domain(domain))
+    domain = validate_domain(domain)
+    return names.resolve_stack(domain, provider.stored_domain) if provider is not None else names.stack_name(domain)
 
 
 def provider_name(provider: str | None) -> str:
@@ -248,7 +251,7 @@ def status_cmd(
     from provision import lifecycle
 
     prov = make_provider(provider_name(provider), backend)
-    result = lifecycle.status(stack_name(stack, domain), prov, check_health=not no_health)
+    result = lifecycle.status(stack_name(stack, domain, prov), prov, check_health=not no_health)
     data = result_dict(result)
     lines = [f"{k}: {v}" for k, v in data["outputs"].items() if v not in (None, "")]
     if result.cost is not None:
@@ -291,7 +294,7 @@ def resize_cmd(
     one_of("size", size, tuple(SIZES))
     prov = make_provider(provider_name(provider), backend)
     flush_outbox()
-    name = stack_name(stack, domain)
+    name = stack_name(stack, domain, prov)
     current = prov.outputs(name)
     spec = lifecycle.spec_of_outputs(current)
     if spec is None:
@@ -332,7 +335,7 @@ def down_cmd(
 
     prov = make_provider(provider_name(provider), backend)
     flush_outbox()
-    name = stack_name(stack, domain)
+    name = stack_name(stack, domain, prov)
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
     if outputs.extra.get("production"):
@@ -417,7 +420,8 @@ def ssh_cmd(
     """Open a shell on the server (host key pinned), or run COMMAND there."""
     from provision import remote
 
-    outputs = make_provider(provider_name(provider), backend).outputs(stack_name(stack, domain))
+    prov = make_provider(provider_name(provider), backend)
+    outputs = prov.outputs(stack_name(stack, domain, prov))
     raise typer.Exit(remote.interactive_shell(outputs.access, command or None))
 
 
@@ -433,7 +437,8 @@ def logs_cmd(
     """Show the instance's logs (journal and containers)."""
     from provision import remote
 
-    outputs = make_provider(provider_name(provider), backend).outputs(stack_name(stack, domain))
+    prov = make_provider(provider_name(provider), backend)
+    outputs = prov.outputs(stack_name(stack, domain, prov))
     raise typer.Exit(remote.logs(outputs.access, service, follow, lines=lines))
 
 

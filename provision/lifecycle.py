@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from provision import paths
+from provision import names, paths
 from provision.errors import Aborted, BackupError, ProvisionError
 from provision.model import Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
@@ -152,6 +152,7 @@ def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tupl
     """What `up` would create or change, and the monthly cost. Stores nothing."""
     import tempfile
 
+    spec = names.settle(spec, provider)
     sz = sizing(spec)
     secrets = provider.secrets(spec, store=False) if _takes(provider.secrets, "store") else provider.secrets(spec)
     with tempfile.TemporaryDirectory(prefix="fedi-plan-") as tmp:
@@ -191,6 +192,7 @@ def up(
 ) -> Result:
     started = time.monotonic()
     provider.preflight(spec)
+    spec = names.settle(spec, provider)
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
     existed = _exists(provider, spec.stack_name)
@@ -253,7 +255,7 @@ def spec_of_outputs(outputs: StackOutputs) -> InstanceSpec | None:
     if extra.get("ephemeral") and int(extra.get("expires") or 0) > int(extra.get("created") or 0):
         flags["ephemeral"] = True
         flags["ttl_hours"] = (int(extra["expires"]) - int(extra["created"])) / 3600
-    return build_spec(flags)
+    return replace(build_spec(flags), stack=outputs.stack)  # made under an older naming rule, maybe
 
 
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:

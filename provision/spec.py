@@ -16,6 +16,7 @@ from typing import Any
 
 import idna
 
+from provision import names
 from provision.errors import ValidationError
 
 CONFIG_FILE = "fedi.toml"
@@ -80,6 +81,7 @@ class InstanceSpec:
     ephemeral: bool = False  # a throwaway stack (staging CA, labels, TTL)
     ttl_hours: float = 0.0  # ephemeral stacks only: hours until `fedi sweep` may destroy it
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other fedi.toml sections
+    stack: str = ""  # the stack that holds it, once resolved ('' = the name provision.names derives)
 
     @property
     def app(self) -> str:
@@ -92,8 +94,8 @@ class InstanceSpec:
 
     @property
     def stack_name(self) -> str:
-        """Stack names derive from the domain: social.example.org -> social-example-org."""
-        return re.sub(r"[^a-z0-9-]", "-", self.domain)
+        """The resolved stack, else the name derived from the domain (provision.names holds the rule)."""
+        return self.stack or names.stack_name(self.domain)
 
     @property
     def users(self) -> tuple[int, int]:

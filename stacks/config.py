@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from provision import names
 from provision.model import Bundle, ObjectStorage
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
@@ -33,10 +34,8 @@ def label_value(text: str) -> str:
 
 
 def bucket_names(stack: str, domain: str) -> tuple[str, str]:
-    """(media, backups). S3 names are global: a stable per-domain suffix avoids clashes, needs no state."""
-    suffix = hashlib.sha256(domain.encode()).hexdigest()[:8]
-    base = stack[:40].strip("-")
-    return f"{base}-media-{suffix}", f"{base}-backups-{suffix}"
+    """(media, backups): the rule is provision.names'."""
+    return names.bucket_names(stack, domain)
 
 
 def object_storage_endpoint(location: str) -> tuple[str, str]:
@@ -133,6 +132,7 @@ def build_config(
     created: int | None = None,
     purge_backups: bool = False,
 ) -> StackConfig:
+    names.check_stack(stack, spec.domain)  # every name within its limits, before anything is created
     now = int(time.time())
     created = created or now
     return StackConfig(

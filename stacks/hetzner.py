@@ -23,6 +23,7 @@ from typing import Any
 import pulumi
 import pulumi_hcloud as hcloud
 
+from provision import names
 from stacks.config import IMAGE, StackConfig, host_key_fingerprint, relative_name
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
@@ -48,7 +49,7 @@ def caa_records(cfg: StackConfig) -> list[str]:
 
 
 def _name(cfg: StackConfig, what: str) -> str:
-    return f"{cfg.stack[:50]}-{what}"
+    return names.resource_name(cfg.stack, what)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def declare(cfg: StackConfig) -> Declared:
     )
     server = hcloud.Server(
         "server",
-        name=cfg.stack[:63],
+        name=names.server_name(cfg.stack),
         server_type=cfg.server_type,
         image=IMAGE,
         location=cfg.location,

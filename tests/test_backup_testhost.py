@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from provision import cli
+from provision import cli, names
 from provision.backup import LOCAL_REPOSITORY
 from provision.local import machine
 
@@ -42,7 +42,7 @@ FINGERPRINT = (
 
 
 def stack(domain: str) -> str:
-    return domain.replace(".", "-")
+    return names.stack_name(domain)
 
 
 def inside(domain: str, argv: list[str], stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:

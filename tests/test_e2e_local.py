@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from provision import cli
+from provision import cli, names
 from provision.local import machine
 
 pytestmark = pytest.mark.testhost
@@ -56,13 +56,13 @@ def deployed(request, local_image, tmp_path_factory):
     try:
         argv = ["up", "--provider", "local", "--software", software, "--size", "tiny", "--domain", domain, "--yes"]
         rc = cli.main(argv)
-        yield Deployed(software, domain, domain.replace(".", "-"), dirs, rc)
+        yield Deployed(software, domain, names.stack_name(domain), dirs, rc)
     finally:
         from provision.providers.local import LocalProvider
 
         prov = LocalProvider()
-        if prov._store().exists(domain.replace(".", "-")):
-            prov.down(domain.replace(".", "-"), lambda _: None, purge_backups=True)
+        if prov._store().exists(names.stack_name(domain)):
+            prov.down(names.stack_name(domain), lambda _: None, purge_backups=True)
         mp.undo()
 
 

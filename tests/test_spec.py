@@ -36,7 +36,7 @@ def test_idna_domain_is_stored_in_ascii_and_shown_in_unicode():
     spec = build_spec({**BASE, "domain": "Bücher.example.org."})
     assert spec.domain == "xn--bcher-kva.example.org"
     assert spec.domain_unicode == "bücher.example.org"
-    assert spec.stack_name == "xn--bcher-kva-example-org"
+    assert spec.stack_name == "xn----bcher--kva-example-org"  # provision.names: "-" -> "--", "." -> "-"
 
 
 def test_kbin_deploys_mbin():

@@ -74,6 +74,9 @@ class Provider(Protocol):
 
     def stacks(self) -> list[StackSummary]: ...
 
+    def stored_domain(self, stack: str) -> str | None:
+        """The domain the stack was made for; None if there is no such stack, '' if it does not say."""
+
     def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
         """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
 

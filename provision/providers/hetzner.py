@@ -147,7 +147,23 @@ class HetznerProvider:
         fresh = generate_secrets(spec)
         if store:
             self.engine.write_config(spec.stack_name, "secrets", json.dumps(fresh, sort_keys=True), secret=True)
+            self.engine.write_config(spec.stack_name, "domain", spec.domain, secret=False)
         return fresh
+
+    def stored_domain(self, stack: str) -> str | None:
+        """The domain the stack was made for; None if there is no such stack, '' if it does not say."""
+        if stack not in self.engine.stack_names():
+            return None
+        domain = self.engine.read_config(stack, "domain")
+        if domain:
+            return domain
+        cfg = self.stored_config(stack)
+        if cfg is not None:
+            return cfg.domain
+        try:
+            return str(self.engine.outputs(stack).get("domain") or "")
+        except ProvisionError:  # in the backend with nothing provisioned
+            return ""
 
     def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
         """Keep another stack's app secrets from now on (after its data was restored here)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import paths
-from provision.errors import MissingPrerequisite, ProvisionError
+from provision.errors import MissingPrerequisite, ProvisionError, UsageError
 from provision.model import Bundle, HostAccess, StackOutputs
 from provision.providers import Plan, PlannedResource, Progress, StackSummary
 from provision.sizing import Sizing
@@ -133,6 +133,19 @@ class LocalProvider:
         if store:
             store_.save(spec.stack_name, {**self._spec_fields(spec), "secrets": fresh, "created": _now()})
         return fresh
+
+    def stored_domain(self, stack: str) -> str | None:
+        """The domain the stack was made for; None if there is no such stack, '' if it does not say."""
+        from provision.local import machine
+
+        store = self._store()
+        try:
+            exists = store.exists(stack)
+        except UsageError:  # not a name a local stack can have
+            return None
+        if exists:
+            return str(self._doc(stack).get("domain") or "")
+        return "" if machine.load(stack) is not None else None
 
     @staticmethod
     def _spec_fields(spec: InstanceSpec) -> dict[str, Any]:
