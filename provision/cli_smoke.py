@@ -50,12 +50,22 @@ def sweep_cmd(
     backend: Annotated[str | None, typer.Option(help="Pulumi state backend (default: local file backend)")] = None,
     as_json: Json = False,
 ) -> None:
-    """Destroy ephemeral stacks past their expiry, and orphaned ephemeral resources at Hetzner."""
+    """Destroy ephemeral stacks past their expiry, and orphaned ephemeral resources at Hetzner.
+
+    Without --provider, every provider is swept; one that cannot be asked (no Pulumi CLI, no token)
+    is one line, and the others are still swept."""
     from provision import sweep
     from provision.cli_stack import make_provider, progress_printer, provider_name
+    from provision.errors import MissingPrerequisite
 
-    prov = make_provider(provider_name(provider), backend)
-    items = sweep.sweep(prov, dry_run=dry_run, progress=progress_printer())
+    items = []
+    for name in [provider_name(provider)] if provider else ["local", "hetzner"]:
+        try:
+            items += sweep.sweep(make_provider(name, backend), dry_run=dry_run, progress=progress_printer())
+        except MissingPrerequisite as missing:
+            if provider:
+                raise
+            note(f"{name} not swept: {missing.line()}")
     lines = [f"{i.action:<14} {i.kind:<12} {i.name} {i.id}".rstrip() for i in items] or ["nothing to sweep"]
     emit([i.as_dict() for i in items], as_json, "\n".join(lines))
     if any(i.action.startswith("failed") for i in items):
