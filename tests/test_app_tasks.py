@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,77 @@ def test_reads_are_psql_queries_that_change_nothing(name: str) -> None:
     command = argv(name)
     assert command[: len(PSQL)] == PSQL and command[len(PSQL)] == "-c"
     assert command[-1].lstrip().upper().startswith("SELECT ")
+
+
+# The columns these tasks read, as mbin v1.10.1's migrations create them (migrations/Version20210527210529.php:
+# "user", magazine, site; Version20220723095813.php: ap_id; Version20230429143017.php: site keys;
+# Version20240718232800.php: push keys). Only these columns: the queries must need no others.
+MBIN_SCHEMA = """
+CREATE TABLE "user" (id INT NOT NULL PRIMARY KEY, username VARCHAR(35) NOT NULL, password VARCHAR(255) NOT NULL,
+                     ap_id VARCHAR(255) DEFAULT NULL);
+CREATE TABLE magazine (id INT NOT NULL PRIMARY KEY, name VARCHAR(25) NOT NULL, ap_id VARCHAR(255) DEFAULT NULL);
+CREATE TABLE site (id INT NOT NULL PRIMARY KEY, private_key TEXT DEFAULT NULL, public_key TEXT DEFAULT NULL,
+                   push_private_key TEXT DEFAULT NULL, push_public_key TEXT DEFAULT NULL);
+"""
+
+
+def test_the_mbin_queries_read_real_state_in_postgres() -> None:
+    """Each read and the UPDATE run with the task's exact psql flags against a real Postgres."""
+    from test_backup_support import pg_bindir
+
+    if pg_bindir() is None or os.geteuid() != 0:
+        pytest.skip("needs root and postgresql (scripts/test installs it)")
+    base = Path(tempfile.mkdtemp(prefix="fedi-app-tasks-"))  # not pytest's 0700 tmp: postgres must enter it
+    base.chmod(0o755)
+    try:
+        _queries_against(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _queries_against(base: Path) -> None:
+    from test_backup_support import pg_cluster
+
+    with pg_cluster(base) as pg:
+        pg.psql("postgres", "CREATE DATABASE mbin")
+        pg.psql("mbin", MBIN_SCHEMA)
+
+        def run(name: str, **extra: Any) -> str:
+            task = mbin_task(name)
+            command = render(task["ansible.builtin.command"]["argv"], **{**task.get("vars", {}), **extra})
+            assert command[: len(PSQL)] == PSQL
+            psql = [str(pg.bindir / "psql"), *command[PSQL.index("psql") + 1 :]]  # the same flags, this cluster
+            stdin = render(task["ansible.builtin.command"].get("stdin", ""), **extra) or None
+            env = {**os.environ, **pg.env}
+            done = subprocess.run(["runuser", "-u", pg.user, "--", *psql], input=stdin, env=env, **_CAPTURE)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.rstrip("\n")  # as ansible's command module returns stdout
+
+        pattern = render("{{ app_password_hash_pattern }}")
+        assert run("Read the admin account's password hash") == ""
+        assert run("Read whether the instance has its key pairs") == "0,0"
+        assert run("Check whether the random magazine exists") == ""
+
+        leftovers = "Symfony 7.4.8 (env: prod, debug: false)\nPHP app ready!\n$2y$13$" + "x" * 53
+        pg.psql("mbin", f"INSERT INTO \"user\" VALUES (1, 'admin', '{leftovers}', NULL)")
+        pg.psql("mbin", "INSERT INTO \"user\" VALUES (2, 'admin', 'remote', 'https://elsewhere.example/u/admin')")
+        stored = run("Read the admin account's password hash")
+        assert stored == leftovers and not re.match(pattern, stored)  # the defect's state is seen as such
+
+        bcrypt = "$2y$13$" + "a" * 22 + "B" * 31
+        run("Store the admin password hash", app_admin_hash={"stdout": bcrypt})
+        assert run("Read the stored password hash back") == bcrypt
+        assert pg.psql("mbin", 'SELECT password FROM "user" WHERE id = 2') == "remote"  # remote users untouched
+
+        pg.psql("mbin", "INSERT INTO site (id, private_key, public_key) VALUES (1, 'k', 'K')")
+        assert run("Read whether the instance has its key pairs") == "1,0"
+        pg.psql("mbin", "UPDATE site SET push_private_key = 'p', push_public_key = 'P'")
+        assert run("Read whether the instance has its key pairs") == "1,1"
+
+        pg.psql("mbin", "INSERT INTO magazine VALUES (1, 'random', 'https://elsewhere.example/m/random')")
+        assert run("Check whether the random magazine exists") == ""  # a remote one does not count
+        pg.psql("mbin", "INSERT INTO magazine VALUES (2, 'random', NULL)")
+        assert run("Check whether the random magazine exists") == "1"
+
+
+_CAPTURE: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 60}
