@@ -30,7 +30,8 @@ NODEINFO_SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/"
 # serves it as JSON with publicKey.publicKeyPem:
 # - Mastodon: GET /actor (config/routes.rb `resource :instance_actor, path: 'actor'`;
 #   app/controllers/instance_actors_controller.rb renders Account.representative with
-#   ActivityPub::ActorSerializer; read at mastodon/mastodon 0486db9, v4.7.2's tree was not retrievable).
+#   ActivityPub::ActorSerializer, fields incl. public_key; read at mastodon/mastodon 987750d, the newest
+#   stored version: v4.7.2's own tree was too large to fetch here).
 # - Lemmy 0.19.20: GET / with an ActivityPub Accept header (crates/apub/src/http/routes.rs routes "/" to
 #   get_apub_site_http, crates/apub/src/protocol/objects/instance.rs `public_key: PublicKey`); the
 #   Caddyfile sends such requests to lemmy, not lemmy-ui.
