@@ -82,10 +82,15 @@ def check(
     """
     if app not in RESOLVES_ADMIN_EMAIL:
         return ""
+    import dns.exception
+
     domain = email.rpartition("@")[2].rstrip(".").lower()
     if domain in published:
         return f"{email}: {domain} is the stack's own domain, which fedi publishes in DNS"
-    seen = lookup(domain, resolver)
+    try:
+        seen = lookup(domain, resolver)
+    except (dns.exception.DNSException, UnicodeError) as exc:  # an empty or overlong label, say
+        raise ValidationError("admin_email", f"{email}: {domain!r} is not a domain name ({exc})") from None
     if seen.addresses:
         return f"{email}: {domain} resolves ({len(seen.addresses)} addresses)"
     if seen.inconclusive:

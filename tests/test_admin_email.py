@@ -132,6 +132,15 @@ def test_a_domain_mastodon_would_refuse_is_one_clear_line(dns_server: DnsServer,
     assert err.value.exit_code == 2
 
 
+def test_a_domain_dns_cannot_ask_for_is_one_clear_line(dns_server: DnsServer) -> None:
+    with pytest.raises(ValidationError) as err:
+        admin_email.check("mastodon", "admin@a..example.test", resolver=dns_server.resolver())
+    assert err.value.line() == (
+        "admin_email: admin@a..example.test: 'a..example.test' is not a domain name (A DNS label is empty.)"
+    )
+    assert dns_server.asked == []
+
+
 def test_an_unanswering_resolver_is_not_a_refusal(dns_server: DnsServer) -> None:
     """The operator's resolver failing says nothing about the server's: note it and go on (bounded)."""
     notes: list[str] = []
