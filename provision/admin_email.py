@@ -41,7 +41,10 @@ def lookup(domain: str, resolver: Any = None) -> Lookup:
     import dns.resolver
 
     if resolver is None:
-        resolver = dns.resolver.Resolver()  # /etc/resolv.conf, never /etc/hosts
+        try:
+            resolver = dns.resolver.Resolver()  # /etc/resolv.conf, never /etc/hosts
+        except dns.resolver.NoResolverConfiguration:
+            return Lookup((), (), "no nameserver in /etc/resolv.conf")
         resolver.lifetime = TIMEOUT_S
     problems: list[str] = []
 
@@ -56,6 +59,8 @@ def lookup(domain: str, resolver: Any = None) -> Lookup:
 
     origin = dns.name.from_text(domain)
     mx = [r.exchange for r in ask(origin, "MX")]
+    if problems and "Timeout" in problems[0]:  # a silent resolver stays silent: bounded by one lookup
+        return Lookup((), (), problems[0])
     mx_text = tuple("" if m == dns.name.root else m.to_text(omit_final_dot=True) for m in mx)
     if mx_text == ("",):  # null MX: Mastodon looks no further
         return Lookup((), mx_text, "")
@@ -83,14 +88,16 @@ def check(
     if app not in RESOLVES_ADMIN_EMAIL:
         return ""
     import dns.exception
+    import dns.name
 
     domain = email.rpartition("@")[2].rstrip(".").lower()
     if domain in published:
         return f"{email}: {domain} is the stack's own domain, which fedi publishes in DNS"
     try:
-        seen = lookup(domain, resolver)
+        dns.name.from_text(domain)
     except (dns.exception.DNSException, UnicodeError) as exc:  # an empty or overlong label, say
         raise ValidationError("admin_email", f"{email}: {domain!r} is not a domain name ({exc})") from None
+    seen = lookup(domain, resolver)
     if seen.addresses:
         return f"{email}: {domain} resolves ({len(seen.addresses)} addresses)"
     if seen.inconclusive:

@@ -149,8 +149,22 @@ def test_an_unanswering_resolver_is_not_a_refusal(dns_server: DnsServer) -> None
     assert notes == [seen] and seen.startswith("could not check that mail.example.test (of the admin e-mail) resolves")
     assert "NoNameservers" in seen
     dns_server.mode = "silent"
+    dns_server.asked.clear()
     seen = admin_email.check("mastodon", "a@mail.example.test", resolver=dns_server.resolver(lifetime=0.3))
-    assert "Timeout" in seen or "LifetimeTimeout" in seen
+    assert "Timeout" in seen
+    assert {q for q in dns_server.asked} == {("mail.example.test.", "MX")}  # gave up after the first lookup
+
+
+def test_no_resolver_configuration_is_not_a_refusal(monkeypatch) -> None:
+    def unconfigured(*_a, **_kw):
+        raise dns.resolver.NoResolverConfiguration("no nameservers")
+
+    monkeypatch.setattr(dns.resolver, "Resolver", unconfigured)
+    seen = admin_email.check("mastodon", "a@mail.example.test")
+    assert (
+        seen
+        == "could not check that mail.example.test (of the admin e-mail) resolves: no nameserver in /etc/resolv.conf"
+    )
 
 
 def test_other_apps_and_the_stacks_own_domain_ask_nothing(dns_server: DnsServer) -> None:
