@@ -98,7 +98,8 @@ def _cost(spec, sizing_):
 def _admin_email(spec, progress):
     """Would the app refuse the admin's e-mail address on the server? Asked before anything is created.
     The stack's own domain is taken as resolving: on Hetzner fedi creates (or waits for) its records
-    before the playbook runs."""
+    before the playbook runs. (On the local provider that name is only known to this host, so a real
+    Mastodon there still refuses admin@<its domain>: not caught here.)"""
     from provision import admin_email
 
     return admin_email.check(spec.app, spec.admin_email, frozenset({spec.domain}), progress=progress)
