@@ -24,7 +24,10 @@ def smoke_cmd(
     junit: Annotated[Path | None, typer.Option(help="write a JUnit XML report here (for CI)")] = None,
     as_json: Json = False,
 ) -> None:
-    """Up an ephemeral stack, check it (TLS, redirect, nodeinfo, API, webfinger), tear it down. Always."""
+    """Up an ephemeral stack, check it (TLS, redirect, nodeinfo, API, webfinger, instance actor), tear it down.
+
+    Exit 0 when every check ran and passed; 1 when a step failed; 6 when nothing failed but checks were
+    skipped (the app's containers did not start)."""
     from provision import smoke
     from provision.cli_stack import ephemeral_domain, make_provider, progress_printer
     from provision.spec import parse_ttl
@@ -40,8 +43,8 @@ def smoke_cmd(
     if junit:
         junit.write_text(report.junit(), encoding="utf-8")
     emit(report.as_dict(), as_json, report.text())
-    if not report.ok:
-        raise typer.Exit(1)
+    if not report.ok:  # 1: a step failed; 6: nothing failed but the app's checks could not run
+        raise typer.Exit(report.exit_code)
 
 
 def sweep_cmd(

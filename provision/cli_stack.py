@@ -153,7 +153,7 @@ def outputs_dict(outputs) -> dict[str, Any]:
 def _health_dict(report) -> Any:
     if report is None or not hasattr(report, "checks"):
         return report
-    return [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]
+    return [{"name": c.name, "ok": c.ok, "detail": c.detail, "skipped": c.skipped} for c in report.checks]
 
 
 def result_dict(result) -> dict[str, Any]:
@@ -257,7 +257,8 @@ def status_cmd(
     if result.cost is not None:
         lines.append(result.cost.text())
     if data["health"]:
-        lines += [f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}" for c in data["health"]]
+        marks = {(True, False): "ok  ", (False, False): "FAIL", (False, True): "skip"}
+        lines += [f"{marks[c['ok'], c['skipped']]} {c['name']}: {c['detail']}" for c in data["health"]]
     if not no_health:  # the age of the last good backup: a backup counts once it exists
         from dataclasses import asdict
 

@@ -1,4 +1,5 @@
-"""Is the instance up? HTTPS with a valid certificate, HTTP -> HTTPS, nodeinfo, the app's API, webfinger.
+"""Is the instance up? HTTPS with a valid certificate, HTTP -> HTTPS, nodeinfo, the app's API, webfinger,
+and an instance actor with a public key (an instance that cannot sign cannot federate).
 
 Certificates are always verified: against the system CAs, or against a given CA bundle (Caddy's
 internal root for local stacks). Verification is never turned off. A ``Target`` may name the address to connect
@@ -25,6 +26,21 @@ FRONT_CHECKS = ("https", "http-redirect")  # what is checked when the app's cont
 SOFTWARE = {"mastodon": "mastodon", "lemmy": "lemmy", "mbin": "mbin"}
 NODEINFO_SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/"
 
+# The instance's own ActivityPub actor, whose key signs the instance's fetches and deliveries. Each
+# serves it as JSON with publicKey.publicKeyPem:
+# - Mastodon: GET /actor (config/routes.rb `resource :instance_actor, path: 'actor'`;
+#   app/controllers/instance_actors_controller.rb renders Account.representative with
+#   ActivityPub::ActorSerializer, fields incl. public_key; read at mastodon/mastodon 987750d, the newest
+#   stored version: v4.7.2's own tree was too large to fetch here).
+# - Lemmy 0.19.20: GET / with an ActivityPub Accept header (crates/apub/src/http/routes.rs routes "/" to
+#   get_apub_site_http, crates/apub/src/protocol/objects/instance.rs `public_key: PublicKey`); the
+#   Caddyfile sends such requests to lemmy, not lemmy-ui.
+# - mbin v1.10.1: GET /i/actor (config/mbin_routes/activity_pub.yaml `ap_instance`;
+#   src/Factory/ActivityPub/InstanceFactory.php `publicKeyPem` from the site row's public_key, which
+#   only `bin/console mbin:ap:keys:update` creates: without it the page fails and nothing can be signed).
+ACTOR_PATH = {"mastodon": "/actor", "lemmy": "/", "mbin": "/i/actor"}
+ACTIVITYPUB_ACCEPT = 'application/activity+json, application/ld+json; profile="https://www.w3.org/ns/activitystreams"'
+
 
 @dataclass(frozen=True)
 class Target:
@@ -37,14 +53,15 @@ class Target:
     ca_bundle: Path | None = None  # PEM certificates to trust instead of the system's roots: Caddy's internal
     # root (local stacks) or the Let's Encrypt staging intermediate read from the server (ephemeral stacks)
     netns: str | None = None  # run the checks from inside this network namespace (/proc/<pid>/ns/net)
-    app_started: bool = True  # False where the app's images cannot be pulled: only the HTTPS front is checked
+    app_started: bool = True  # False where the app's images cannot be pulled: the app's checks are skipped
 
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # https | http-redirect | nodeinfo | api | webfinger
-    ok: bool
-    detail: str  # what was seen, one line
+    name: str  # https | http-redirect | nodeinfo | api | webfinger | actor
+    ok: bool  # False for a skipped check: it proved nothing
+    detail: str  # what was seen (or why it was not checked), one line
+    skipped: bool = False  # True: it could not run (the app's containers are not started)
 
 
 @dataclass(frozen=True)
@@ -54,15 +71,28 @@ class HealthReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        """No check that ran failed (skipped checks are not failures; see ``complete``)."""
+        return all(c.ok for c in self.checks if not c.skipped)
 
     @property
     def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.ok)
+        return tuple(c for c in self.checks if not c.ok and not c.skipped)
+
+    @property
+    def skipped(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.skipped)
+
+    @property
+    def complete(self) -> bool:
+        """Every check ran and passed: the app itself answered."""
+        return self.ok and not self.skipped
 
     def line(self) -> str:
         if self.ok:
-            return f"https://{self.target.domain} is healthy"
+            line = f"https://{self.target.domain} is healthy"
+            if self.skipped:
+                line += f" (not checked: {', '.join(c.name for c in self.skipped)}: {self.skipped[0].detail})"
+            return line
         return "; ".join(f"{c.name}: {c.detail}" for c in self.failed)
 
 
@@ -82,7 +112,7 @@ class _Probe:
             context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         self.client = httpx.Client(verify=context, timeout=timeout, follow_redirects=False, trust_env=False)
 
-    def get(self, path: str, *, scheme: str = "https") -> Any:
+    def get(self, path: str, *, scheme: str = "https", accept: str | None = None) -> Any:
         import httpx
 
         t = self.target
@@ -91,7 +121,7 @@ class _Probe:
         url = httpx.URL(scheme=scheme, host=t.address or t.domain, port=port, raw_path=path.encode())
         headers = {
             "Host": t.domain if port == default else f"{t.domain}:{port}",
-            "Accept": "application/json, application/jrd+json;q=0.9, */*;q=0.1",
+            "Accept": accept or "application/json, application/jrd+json;q=0.9, */*;q=0.1",
             "User-Agent": "fedi-health/1",
         }
         extensions = {"sni_hostname": t.domain} if scheme == "https" else {}
@@ -105,8 +135,8 @@ class _Probe:
                 raise _Fail(f"certificate not valid for {t.domain}: {_ssl_reason(reason)}") from None
             raise _Fail(f"cannot connect to {scheme}://{t.domain}{path}: {reason}") from None
 
-    def json(self, path: str) -> Any:
-        response = self.get(path)
+    def json(self, path: str, *, accept: str | None = None) -> Any:
+        response = self.get(path, accept=accept)
         if response.status_code != 200:
             raise _Fail(f"{path} answered {response.status_code}")
         try:
@@ -203,6 +233,31 @@ def _webfinger(p: _Probe) -> str:
     return f"{acct} -> {selves[0].get('href')}"
 
 
+def _actor(p: _Probe) -> str:
+    """The instance actor has a usable public key: the instance can sign its fetches and deliveries."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    path = ACTOR_PATH[p.target.app]
+    try:
+        data = p.json(path, accept=ACTIVITYPUB_ACCEPT)
+    except _Fail as exc:
+        raise _Fail(f"{exc}: no instance actor, so the instance cannot sign") from None
+    actor_id = str(_get(data, "id") or "")
+    if urlsplit(actor_id).hostname != p.target.domain:
+        raise _Fail(f"the instance actor {path} has id {actor_id!r}, not one on {p.target.domain}")
+    pem = _get(_get(data, "publicKey"), "publicKeyPem")
+    if not isinstance(pem, str) or not pem.strip():
+        raise _Fail(f"the instance actor {path} has no publicKey.publicKeyPem: the instance cannot sign")
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, RSAPublicKey):  # HTTP signatures between these apps are RSA (rsa-sha256)
+        raise _Fail(f"the instance actor {path} has a publicKeyPem that is not an RSA public key")
+    return f"{actor_id} has a {key.key_size}-bit RSA public key"
+
+
 def _get(data: Any, key: str) -> Any:
     return data.get(key) if isinstance(data, dict) else None
 
@@ -213,11 +268,14 @@ CHECKS: tuple[tuple[str, Callable[[_Probe], str]], ...] = (
     ("nodeinfo", _nodeinfo),
     ("api", _api),
     ("webfinger", _webfinger),
+    ("actor", _actor),
 )
+NOT_STARTED = "not checked: the app's containers are not started"
 
 
 def check(target: Target, *, timeout: float = 10) -> HealthReport:
-    """Run every check once (only the HTTPS front without the app); each request is bounded by ``timeout``."""
+    """Run every check once (without the app, its checks are reported as skipped); each request is bounded
+    by ``timeout``."""
     if target.app not in SOFTWARE:
         raise ValueError(f"unknown app {target.app!r}")
 
@@ -227,6 +285,7 @@ def check(target: Target, *, timeout: float = 10) -> HealthReport:
         try:
             for name, fn in CHECKS:
                 if not target.app_started and name not in FRONT_CHECKS:
+                    results.append(Check(name, False, NOT_STARTED, skipped=True))
                     continue
                 try:
                     results.append(Check(name, True, fn(probe)))
@@ -278,10 +337,20 @@ def wait(
 
 def describe(report: HealthReport) -> str:
     """A few lines for humans (``fedi status``)."""
-    return "\n".join(f"{'ok  ' if c.ok else 'FAIL'} {c.name:13} {c.detail}" for c in report.checks)
+    return "\n".join(f"{_mark(c)} {c.name:13} {c.detail}" for c in report.checks)
+
+
+def _mark(c: Check) -> str:
+    return "skip" if c.skipped else "ok  " if c.ok else "FAIL"
 
 
 def as_json(report: HealthReport) -> str:
     return json.dumps(
-        {"domain": report.target.domain, "ok": report.ok, "checks": [c.__dict__ for c in report.checks]}, indent=2
+        {
+            "domain": report.target.domain,
+            "ok": report.ok,
+            "complete": report.complete,
+            "checks": [c.__dict__ for c in report.checks],
+        },
+        indent=2,
     )

@@ -95,6 +95,16 @@ def _cost(spec, sizing_):
     return monthly_cost(spec, sizing_)
 
 
+def _admin_email(spec, progress):
+    """Would the app refuse the admin's e-mail address on the server? Asked before anything is created.
+    The stack's own domain is taken as resolving: on Hetzner fedi creates (or waits for) its records
+    before the playbook runs. (On the local provider that name is only known to this host, so a real
+    Mastodon there still refuses admin@<its domain>: not caught here.)"""
+    from provision import admin_email
+
+    return admin_email.check(spec.app, spec.admin_email, frozenset({spec.domain}), progress=progress)
+
+
 @dataclass(frozen=True)
 class Steps:
     render: Callable[..., Bundle] = _render
@@ -103,6 +113,7 @@ class Steps:
     health: Callable[..., Any] = _health
     event: Callable[..., Any] = _event
     cost: Callable[..., Any] = _cost
+    admin_email: Callable[..., Any] = _admin_email
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,7 @@ def up(
     started = time.monotonic()
     provider.preflight(spec)
     spec = names.settle(spec, provider)
+    steps.admin_email(spec, progress)
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
     existed = _exists(provider, spec.stack_name)

@@ -3,7 +3,9 @@
 Teardown runs on success, on failure, on Ctrl-C and SIGTERM (how CI cancels a job) and on timeout
 (SIGALRM); while it runs, further SIGINT/SIGTERM are ignored so a second cancel cannot leave a
 paid server behind. The report is a human summary, JSON, or JUnit XML for CI systems; it is ok
-only when every check passed and the teardown succeeded.
+only when every check ran and passed and the teardown succeeded. A check that could not run (the app's
+containers were not started) is reported as skipped, never as passed: a smoke is green only when the
+app itself answered.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ class SmokeTimeout(FediError):
 
 @dataclass(frozen=True)
 class Step:
-    name: str  # provision | https | http-redirect | nodeinfo | api | webfinger | teardown
-    ok: bool
+    name: str  # provision | https | http-redirect | nodeinfo | api | webfinger | actor | teardown
+    ok: bool  # False for a skipped step
     detail: str
+    skipped: bool = False  # it could not run: neither passed nor failed
 
 
 @dataclass
@@ -50,7 +53,25 @@ class SmokeReport:
 
     @property
     def ok(self) -> bool:
-        return not self.error and len(self.steps) > 2 and all(s.ok for s in self.steps)
+        return not self.error and len(self.steps) > 2 and all(s.ok and not s.skipped for s in self.steps)
+
+    @property
+    def failed(self) -> list[Step]:
+        return [s for s in self.steps if not s.ok and not s.skipped]
+
+    @property
+    def skipped(self) -> list[Step]:
+        return [s for s in self.steps if s.skipped]
+
+    @property
+    def exit_code(self) -> int:
+        """0 passed; 1 a step failed or the run stopped; HealthError's code (6) when nothing failed but
+        checks were skipped: the instance's front answered, the app's health is unknown."""
+        if self.ok:
+            return 0
+        if self.error or self.failed:
+            return 1
+        return HealthError.exit_code
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,30 +82,35 @@ class SmokeReport:
             "size": self.size,
             "error": self.error,
             "teardown_ok": self.teardown_ok,
+            "skipped": [s.name for s in self.skipped],
             "elapsed_s": round(self.elapsed_s, 1),
-            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in self.steps],
+            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail, "skipped": s.skipped} for s in self.steps],
         }
 
     def text(self) -> str:
-        rows = [f"smoke {self.software}/{self.size} on {self.domain}: {'PASSED' if self.ok else 'FAILED'}"]
-        rows += [f"  {'ok  ' if s.ok else 'FAIL'} {s.name}: {s.detail}" for s in self.steps]
+        verdict = "PASSED" if self.ok else "INCOMPLETE" if self.exit_code == HealthError.exit_code else "FAILED"
+        rows = [f"smoke {self.software}/{self.size} on {self.domain}: {verdict}"]
+        rows += [f"  {'skip' if s.skipped else 'ok  ' if s.ok else 'FAIL'} {s.name}: {s.detail}" for s in self.steps]
         if self.error:
             rows.append(f"  stopped: {self.error}")
         return "\n".join(rows)
 
     def junit(self) -> str:
-        failures = sum(1 for s in self.steps if not s.ok)
+        failures = len(self.failed)
         suite = ET.Element(
             "testsuite",
             name=f"fedi smoke {self.software} {self.size}",
             tests=str(len(self.steps)),
             failures=str(failures),
             errors="1" if self.error and not failures else "0",
+            skipped=str(len(self.skipped)),
             time=f"{self.elapsed_s:.1f}",
         )
         for s in self.steps:
             case = ET.SubElement(suite, "testcase", classname=f"fedi.smoke.{self.software}", name=s.name)
-            if not s.ok:
+            if s.skipped:
+                ET.SubElement(case, "skipped", message=s.detail[:500]).text = s.detail
+            elif not s.ok:
                 ET.SubElement(case, "failure", message=s.detail[:500]).text = s.detail
         if self.error and not failures:
             case = ET.SubElement(suite, "testcase", classname=f"fedi.smoke.{self.software}", name="run")
@@ -133,7 +159,7 @@ def run(spec, provider, progress: Callable[[str], None], *, timeout: float, step
         result = lifecycle.up(spec, provider, progress, steps=steps or lifecycle.Steps())
         report.steps.append(Step("provision", True, f"{result.outputs.ipv4} in {result.elapsed_s:.0f}s"))
         for check in getattr(result.health, "checks", ()):
-            report.steps.append(Step(check.name, check.ok, check.detail))
+            report.steps.append(Step(check.name, check.ok, check.detail, skipped=check.skipped))
     except (FediError, KeyboardInterrupt) as err:
         report.error = err.line() if isinstance(err, FediError) else "interrupted"
         report.steps.append(Step("health" if isinstance(err, HealthError) else "provision", False, report.error))

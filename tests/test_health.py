@@ -106,6 +106,32 @@ def make_ca(name: str, parent: CA | None = None) -> CA:
 
 
 Route = Callable[[], tuple[int, Any]]  # -> (status, JSON body)
+AP = "activitypub "  # route key prefix: answered only to an ActivityPub Accept header (Lemmy's "/")
+_RSA_PEM: list[str] = []
+
+
+def rsa_public_pem() -> str:
+    """A real RSA public key in PEM, as the apps store it (made once per test session: RSA is slow)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if not _RSA_PEM:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        _RSA_PEM.append(pem.decode())
+    return _RSA_PEM[0]
+
+
+def actor_document(app: str, domain: str = DOMAIN) -> dict[str, Any]:
+    """The instance actor in each app's shape (sources named in provision/health.py ACTOR_PATH)."""
+    actor_id = f"https://{domain}" + {"mastodon": "/actor", "lemmy": "/", "mbin": "/i/actor"}[app]
+    return {
+        "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"],
+        "id": actor_id,
+        "type": "Application",
+        "preferredUsername": domain,
+        "inbox": f"https://{domain}/inbox",
+        "publicKey": {"id": f"{actor_id}#main-key", "owner": actor_id, "publicKeyPem": rsa_public_pem()},
+    }
 
 
 def app_routes(app: str, domain: str = DOMAIN) -> dict[str, Route]:
@@ -142,6 +168,7 @@ def app_routes(app: str, domain: str = DOMAIN) -> dict[str, Route]:
             },
         ),
     }
+    routes[AP + health.ACTOR_PATH[app]] = lambda: (200, actor_document(app, domain))
     if app == "mastodon":
         routes["/api/v2/instance"] = lambda: (200, {"domain": domain, "version": "4.7.3", "title": "Mastodon"})
     elif app == "lemmy":
@@ -188,7 +215,8 @@ def serve(site: Site, cert: Path, key: Path) -> list[ThreadingHTTPServer]:
                 return
             site.hits[self.path] = site.hits.get(self.path, 0) + 1
             site.hosts.append((self.headers.get("Host", ""), sni_seen[-1] if sni_seen else ""))
-            route = site.routes.get(self.path)
+            activitypub = "activity+json" in self.headers.get("Accept", "")
+            route = (site.routes.get(AP + self.path) if activitypub else None) or site.routes.get(self.path)
             self._send(*(route() if route else (404, {"error": "not found"})))
 
         def _send(self, status: int, body: Any) -> None:
@@ -246,11 +274,12 @@ def test_a_healthy_instance(site: Site, pki: dict[str, Any], app: str) -> None:
     site.routes = app_routes(app)
     report = health.check(target(site, pki, app))
     assert report.ok, report.line()
-    assert [c.name for c in report.checks] == ["https", "http-redirect", "nodeinfo", "api", "webfinger"]
+    assert [c.name for c in report.checks] == ["https", "http-redirect", "nodeinfo", "api", "webfinger", "actor"]
     details = {c.name: c.detail for c in report.checks}
     assert details["nodeinfo"] == f"{health.SOFTWARE[app]} 9.9"  # the 2.1 document, the newest offered
     assert details["http-redirect"] == f"308 -> https://{DOMAIN}/"
     assert details["webfinger"] == f"acct:admin@{DOMAIN} -> https://{DOMAIN}/users/admin"
+    assert details["actor"] == f"https://{DOMAIN}{health.ACTOR_PATH[app]} has a 2048-bit RSA public key"
     assert site.hits.get("/nodeinfo/2.0") is None
     # connected to 127.0.0.1, but spoke to the domain: Host header and TLS server name
     assert {host for host, _ in site.hosts} == {f"{DOMAIN}:{site.https_port}"}
@@ -404,12 +433,70 @@ def test_checks_run_from_inside_a_network_namespace(pki: dict[str, Any]) -> None
 def test_without_the_app_only_the_https_front_is_checked(site: Site, pki: dict[str, Any]) -> None:
     site.routes = {"/": lambda: (502, "bad gateway")}  # Caddy in front of containers that were never started
     assert not health.check(target(site, pki)).ok
+    site.hits.clear()
     report = health.check(target(site, pki, app_started=False))
     assert report.ok, report.line()
-    assert [c.name for c in report.checks] == ["https", "http-redirect"]
+    assert not report.complete  # ...but the app was never seen: the app's checks are skipped, not passed
+    assert [(c.name, c.ok, c.skipped) for c in report.checks] == [
+        ("https", True, False),
+        ("http-redirect", True, False),
+        ("nodeinfo", False, True),
+        ("api", False, True),
+        ("webfinger", False, True),
+        ("actor", False, True),
+    ]
+    assert report.failed == ()
     assert "the app's containers are not started" in report.checks[0].detail
+    assert report.line() == (
+        f"https://{DOMAIN} is healthy (not checked: nodeinfo, api, webfinger, actor: {health.NOT_STARTED})"
+    )
+    assert json.loads(health.as_json(report))["complete"] is False
+    assert health.describe(report).splitlines()[2].startswith("skip nodeinfo")
+    assert set(site.hits) == {"/"}  # nothing was asked of the app
     site.routes = {"/": lambda: (404, "no site here")}  # a wrong site still fails
     assert not health.check(target(site, pki, app_started=False)).ok
+
+
+@pytest.mark.parametrize("app", ["mastodon", "lemmy", "mbin"])
+def test_an_instance_that_cannot_sign_fails_the_actor_check(site: Site, pki: dict[str, Any], app: str) -> None:
+    """mbin without `mbin:ap:keys:update` has no site key pair: its /i/actor fails (500), or, with a site
+    row and no key, serves no usable publicKeyPem. Every other check still passes on such an instance."""
+    site.routes = app_routes(app)
+    path = health.ACTOR_PATH[app]
+    site.routes[AP + path] = lambda: (500, {"error": "Internal Server Error"})
+    if app == "lemmy":  # "/" without the ActivityPub Accept header is lemmy-ui's page, still fine
+        assert site.routes["/"]()[0] == 200
+    report = health.check(target(site, pki, app))
+    assert [(c.name, c.detail) for c in report.failed] == [
+        ("actor", f"{path} answered 500: no instance actor, so the instance cannot sign")
+    ]
+    document = actor_document(app)
+    document["publicKey"] = {"id": document["id"] + "#main-key", "owner": document["id"], "publicKeyPem": None}
+    site.routes[AP + path] = lambda: (200, document)
+    failed = health.check(target(site, pki, app)).failed
+    assert [c.detail for c in failed] == [
+        f"the instance actor {path} has no publicKey.publicKeyPem: the instance cannot sign"
+    ]
+    broken = dict(
+        document, publicKey={"publicKeyPem": "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"}
+    )
+    site.routes[AP + path] = lambda: (200, broken)
+    failed = health.check(target(site, pki, app)).failed
+    assert [c.detail for c in failed] == [f"the instance actor {path} has a publicKeyPem that is not an RSA public key"]
+    foreign = actor_document(app, domain="elsewhere.example")
+    site.routes[AP + path] = lambda: (200, foreign)
+    failed = health.check(target(site, pki, app)).failed
+    assert [c.detail for c in failed] == [
+        f"the instance actor {path} has id 'https://elsewhere.example{path}', not one on {DOMAIN}"
+    ]
+
+
+def test_the_actor_is_asked_for_with_an_activitypub_accept_header(site: Site, pki: dict[str, Any]) -> None:
+    site.routes = app_routes("lemmy")
+    site.routes.pop(AP + "/")  # lemmy-ui's HTML page is all that "/" serves: no actor
+    failed = health.check(target(site, pki, "lemmy")).failed
+    assert [c.name for c in failed] == ["actor"]
+    assert failed[0].detail == "/ did not answer JSON: no instance actor, so the instance cannot sign"
 
 
 def test_an_intermediate_read_from_the_server_can_be_the_trust_anchor(pki: dict[str, Any]) -> None:

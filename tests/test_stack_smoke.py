@@ -21,7 +21,7 @@ import pytest
 
 from provision import lifecycle, smoke
 from provision.errors import HealthError
-from provision.health import Check, HealthReport, Target
+from provision.health import NOT_STARTED, Check, HealthReport, Target
 from provision.offline import OfflineEngine
 from provision.providers.hetzner import HetznerProvider
 from tests.stack_fixtures import isolate, spec_of
@@ -42,8 +42,16 @@ def eph():
 
 def healthy(spec, outputs, progress):
     target = Target(spec.domain, spec.app, address=outputs.access.address)
-    names = ("https", "http-redirect", "nodeinfo", "api", "webfinger")
+    names = ("https", "http-redirect", "nodeinfo", "api", "webfinger", "actor")
     return HealthReport(target, tuple(Check(n, True, "fine") for n in names))
+
+
+def app_not_started(spec, outputs, progress):
+    """What health.check reports for a stack whose app's containers never started (the proxy's 502)."""
+    target = Target(spec.domain, spec.app, address=outputs.access.address, app_started=False)
+    front = (Check("https", True, "HTTPS 502 from the proxy"), Check("http-redirect", True, "308 -> https://"))
+    skipped = tuple(Check(n, False, NOT_STARTED, skipped=True) for n in ("nodeinfo", "api", "webfinger", "actor"))
+    return HealthReport(target, front + skipped)
 
 
 def test_a_passing_run_checks_everything_and_tears_down(provider):
@@ -57,10 +65,72 @@ def test_a_passing_run_checks_everything_and_tears_down(provider):
         "nodeinfo",
         "api",
         "webfinger",
+        "actor",
         "teardown",
     ]
+    assert report.exit_code == 0 and report.skipped == []
     assert provider.engine.stack_names() == []
     assert not lifecycle.bundle_dir(eph().stack_name).exists()
+
+
+def test_a_run_whose_app_never_answered_is_not_green(provider):
+    """The proxy answers, the app's checks could not run: reported as skipped, with exit code 6."""
+    steps = replace(Recorder().steps(), health=app_not_started)
+    report = smoke.run(eph(), provider, lambda _l: None, timeout=60, steps=steps)
+    assert not report.ok and report.failed == [] and report.teardown_ok
+    assert report.exit_code == 6
+    data = report.as_dict()
+    assert data["ok"] is False and data["skipped"] == ["nodeinfo", "api", "webfinger", "actor"]
+    assert [(s["name"], s["skipped"]) for s in data["steps"] if s["skipped"]] == [
+        (n, True) for n in ("nodeinfo", "api", "webfinger", "actor")
+    ]
+    assert report.text().splitlines()[0].endswith(": INCOMPLETE")
+    assert "  skip api: " + NOT_STARTED in report.text().splitlines()
+    suite = ET.fromstring(report.junit())
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
+        "8",
+        "0",
+        "4",
+        "0",
+    )
+    skipped = [c.get("name") for c in suite.iter("testcase") if c.find("skipped") is not None]
+    assert skipped == ["nodeinfo", "api", "webfinger", "actor"]
+    assert [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None] == []
+
+
+def test_a_failure_outranks_skipped_checks_in_the_exit_code():
+    report = smoke.SmokeReport("s", "d.example.org", "lemmy", "tiny")
+    report.steps = [
+        smoke.Step("provision", True, "ok"),
+        smoke.Step("https", False, "certificate not valid"),
+        smoke.Step("api", False, NOT_STARTED, skipped=True),
+        smoke.Step("teardown", True, "gone"),
+    ]
+    assert report.exit_code == 1 and report.text().splitlines()[0].endswith(": FAILED")
+
+
+def test_fedi_smoke_exits_with_the_reports_code(monkeypatch, tmp_path, capsys):
+    """The CLI: a report with skipped checks exits 6 with the JSON and JUnit saying which."""
+    from provision import cli
+
+    def fake_run(spec, prov, progress, *, timeout):
+        report = smoke.SmokeReport(spec.stack_name, spec.domain, spec.software, spec.size)
+        report.steps = [
+            smoke.Step("provision", True, "10.0.0.2 in 1s"),
+            smoke.Step("https", True, "HTTPS 502 from the proxy"),
+            smoke.Step("nodeinfo", False, NOT_STARTED, skipped=True),
+            smoke.Step("teardown", True, "gone"),
+        ]
+        return report
+
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setattr(smoke, "run", fake_run)
+    junit = tmp_path / "r.xml"
+    args = ["smoke", "--provider", "local", "--software", "lemmy", "--size", "tiny", "--domain", "smoke.localhost"]
+    code = cli.main([*args, "--json", "--junit", str(junit)])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 6 and data["skipped"] == ["nodeinfo"] and data["ok"] is False
+    assert ET.parse(junit).getroot().get("skipped") == "1"
 
 
 def test_a_failing_health_check_still_tears_down(provider):
