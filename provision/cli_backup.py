@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli import Domain, Json, Provider, Yes, emit, note
+from provision.cli_stack import Backend
 from provision.errors import Aborted, BackupError
 
 HELP = """Backups of an instance: restic snapshots of its database, configuration and secrets (and media
@@ -46,12 +47,11 @@ backup_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, 
 StackOpt = Annotated[str | None, typer.Option("--stack", help="stack name (default: from --domain)")]
 
 
-def _target(stack: str | None, domain: str | None, provider: str | None):
+def _target(stack: str | None, domain: str | None, provider: str | None, backend: str | None):
     """(stack name, provider object, its outputs) for the stack the flags name."""
-    from provision.cli_stack import make_provider, provider_name, stack_name
+    from provision.cli_stack import resolve
 
-    prov = make_provider(provider_name(provider))
-    name = stack_name(stack, domain, prov)
+    name, prov = resolve(stack, domain, provider, backend)
     return name, prov, prov.outputs(name)
 
 
@@ -62,11 +62,17 @@ def _access(outputs) -> Any:
 
 
 @backup_app.command("now")
-def now_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = None, as_json: Json = False) -> None:
+def now_cmd(
+    domain: Domain = None,
+    stack: StackOpt = None,
+    provider: Provider = None,
+    backend: Backend = None,
+    as_json: Json = False,
+) -> None:
     """Run a backup now (the fedi-backup unit) and wait for it; fails if the backup fails."""
     from provision import backup
 
-    _, _, outputs = _target(stack, domain, provider)
+    _, _, outputs = _target(stack, domain, provider, backend)
     note(f"backing up {outputs.stack} ...")
     run = backup.backup_now(_access(outputs))
     human = (
@@ -77,11 +83,17 @@ def now_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = 
 
 
 @backup_app.command("status")
-def status_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = None, as_json: Json = False) -> None:
+def status_cmd(
+    domain: Domain = None,
+    stack: StackOpt = None,
+    provider: Provider = None,
+    backend: Backend = None,
+    as_json: Json = False,
+) -> None:
     """When the last good backup was taken, how the last run ended and when the next one runs."""
     from provision import backup
 
-    _, _, outputs = _target(stack, domain, provider)
+    _, _, outputs = _target(stack, domain, provider, backend)
     st = backup.status(_access(outputs))
     age = f"{st.age_hours} h ago" if st.age_hours is not None else "never"
     human = (
@@ -94,11 +106,17 @@ def status_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider
 
 
 @backup_app.command("list")
-def list_cmd(domain: Domain = None, stack: StackOpt = None, provider: Provider = None, as_json: Json = False) -> None:
+def list_cmd(
+    domain: Domain = None,
+    stack: StackOpt = None,
+    provider: Provider = None,
+    backend: Backend = None,
+    as_json: Json = False,
+) -> None:
     """The stack's snapshots, newest first, with their time and size."""
     from provision import backup
 
-    _, _, outputs = _target(stack, domain, provider)
+    _, _, outputs = _target(stack, domain, provider, backend)
     snaps = backup.list_snapshots(_access(outputs))
     rows = [f"{'ID':<10} {'TIME':<20} {'SIZE':>10}  KIND       HOST"]
     for s in snaps:
@@ -117,6 +135,7 @@ def verify_cmd(
     domain: Domain = None,
     stack: StackOpt = None,
     provider: Provider = None,
+    backend: Backend = None,
     as_json: Json = False,
 ) -> None:
     """Restore SNAPSHOT's database into a scratch database on the server and compare its tables and row
@@ -124,7 +143,7 @@ def verify_cmd(
     differences: run it right after `fedi backup now` for an exact comparison."""
     from provision import backup
 
-    _, _, outputs = _target(stack, domain, provider)
+    _, _, outputs = _target(stack, domain, provider, backend)
     report = backup.verify(_access(outputs), snapshot)
     lines = [
         f"snapshot {report['snapshot'][:8]} ({report['snapshot_time'][:19]}): {report['tables']} tables, "
@@ -154,6 +173,7 @@ def restore_cmd(
     domain: Domain = None,
     stack: StackOpt = None,
     provider: Provider = None,
+    backend: Backend = None,
     yes: Yes = False,
     as_json: Json = False,
 ) -> None:
@@ -164,14 +184,14 @@ def restore_cmd(
     from provision import backup
 
     if into is not None:
-        target_name, target_prov, target = _target(into, None, provider)
+        target_name, target_prov, target = _target(into, None, provider, backend)
     else:
-        target_name, target_prov, target = _target(stack, domain, provider)
+        target_name, target_prov, target = _target(stack, domain, provider, backend)
     source_env, source, old_secrets = None, f"stack {target_name}", None
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
     elif into is not None:
-        source_env, source, old_secrets, source_domain = _source_env(stack, domain, provider, target)
+        source_env, source, old_secrets, source_domain = _source_env(stack, domain, provider, backend, target)
         target_domain = target.extra.get("domain") or ""
         if source_domain and target_domain and source_domain != target_domain:
             note(
@@ -215,6 +235,7 @@ def env_cmd(
     domain: Domain = None,
     stack: StackOpt = None,
     provider: Provider = None,
+    backend: Backend = None,
 ) -> None:
     """Save the stack's backup settings (restic.env: repository, password, bucket keys) to OUT.
 
@@ -223,24 +244,24 @@ def env_cmd(
     from provision import backup
     from provision.paths import write_private
 
-    _, _, outputs = _target(stack, domain, provider)
+    _, _, outputs = _target(stack, domain, provider, backend)
     text = backup.read_server_env(_access(outputs))
     write_private(out, text)
     note(f"wrote {out} (0600). It holds the repository password: store it somewhere safe, offline.")
 
 
 def _source_env(
-    stack: str | None, domain: str | None, provider: str | None, target
+    stack: str | None, domain: str | None, provider: str | None, backend: str | None, target
 ) -> tuple[str, str, dict[str, str], str]:
     """The repository settings of the stack the flags name (the old one), a label, its secrets and domain."""
     from provision import backup
     from provision.lifecycle import spec_of_outputs
 
-    name, prov, outputs = _target(stack, domain, provider)
+    name, prov, outputs = _target(stack, domain, provider, backend)
     spec = spec_of_outputs(outputs)
     if spec is None:
         raise BackupError(f"stack {name}: its outputs do not say what it runs", hint="use --from-env FILE")
-    secrets = prov.secrets(spec)
+    secrets = prov.stored_secrets(name)  # read only: naming a stack never creates one
     if outputs.storage is not None:
         return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}", secrets, spec.domain
     # No backups bucket (local provider): the repository lives in the old machine's backups directory on

@@ -268,6 +268,47 @@ def outbox(
     emit({"pending": pending}, as_json, "\n".join(rows) or "the outbox is empty")
 
 
+def _monthly_targets(
+    flags: dict[str, Any], stack: str | None, provider: str | None, backend: str | None
+) -> list[tuple[Any, Any, Any]]:
+    """(spec, provider, outputs) of each stack the monthly run covers: the one named by --stack/--domain;
+    else, with --software/--size, the instance those flags and fedi.toml describe (no stack needed);
+    else every stack that is not ephemeral, in every provider (as `fedi stacks` lists them); with no
+    stack at all, the instance fedi.toml describes, if it does."""
+    from provision.cli_stack import all_stacks, resolve
+    from provision.errors import UsageError
+    from provision.lifecycle import spec_of_outputs
+    from provision.spec import load_config
+
+    config = load_config()
+    if stack or flags["domain"]:
+        name, prov = resolve(stack, flags["domain"], provider, backend)
+        outputs = prov.outputs(name)
+        spec = spec_of_outputs(outputs, config)
+        if spec is None:
+            raise UsageError(f"stack {name!r} does not say what it runs", hint="pass --software and --size")
+        return [(spec, prov, outputs)]
+    if flags["software"] or flags["size"]:
+        return [(spec_from(**flags, provider=provider), None, None)]
+    found = []
+    for prov, summary in all_stacks(provider, backend):
+        if summary.ephemeral:
+            continue
+        outputs = prov.outputs(summary.stack)
+        spec = spec_of_outputs(outputs, config)
+        if spec is None:
+            note(f"stack {summary.stack} does not say what it runs: left out")
+            continue
+        found.append((spec, prov, outputs))
+    if not found and all(config.get(k) for k in ("software", "size", "domain")):
+        found.append((spec_from(**flags, provider=provider), None, None))
+    if not found:
+        raise UsageError(
+            "no stack to cover", hint="name one with --domain or --stack, or price one with --software and --size"
+        )
+    return found
+
+
 @coop_app.command("monthly")
 def monthly(
     software: Software = None,
@@ -276,6 +317,7 @@ def monthly(
     location: Location = None,
     admin_email: AdminEmail = None,
     provider: Provider = None,
+    stack: Annotated[str | None, typer.Option("--stack", help="stack name (default: every stack)")] = None,
     backend: Backend = None,
     announce: Annotated[
         bool | None,
@@ -285,50 +327,65 @@ def monthly(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """The monthly run: the account's bill, the cost.monthly event, the outbox, and the funding status."""
+    """The monthly run: the account's bill, the cost.monthly event of every stack (or the one named),
+    the outbox, and the funding status."""
     from provision import coop, hooks
     from provision.account_stacks import planned_member, with_planned
+    from provision.cli_stack import make_provider
     from provision.cost import monthly_cost
     from provision.dues import compute_dues, parse_coop
+    from provision.spec import load_config
 
-    spec = spec_from(software, size, domain, location, admin_email, provider)
-    settings = parse_coop(spec.extra.get("coop"))
+    flags = {"software": software, "size": size, "domain": domain, "location": location, "admin_email": admin_email}
+    settings = parse_coop(load_config().get("coop"))
+    targets = _monthly_targets(flags, stack, provider, backend)
+    hetzner = [spec for spec, _prov, _out in targets if spec.provider != "local"]
     bill, why = None, ""
-    if spec.provider == "local":
-        breakdown = monthly_cost(spec)
-        report = compute_dues(settings, breakdown)
-    else:
+    if hetzner:  # the account's bill, once: every stack of it, with the covered ones as they run now
         account, members, why = _account(backend)
-        members = with_planned(members, planned_member(spec.stack_name, spec.size, spec.app, spec.location, account))
+        for spec in hetzner:
+            member = planned_member(spec.stack_name, spec.size, spec.app, spec.location, account)
+            members = with_planned(members, member)
         bill = _bill(members, False, None, False)
-        breakdown = bill.breakdown(spec.stack_name)
-        report = compute_dues(settings, bill)
-    ids = hooks.emit_lifecycle("cost.monthly", spec=spec, outputs=None, cost=breakdown, account=bill, deliver=False)
+    ids: list[str] = []
+    reports = []
+    for spec, _prov, outputs in targets:
+        if spec.provider == "local" or bill is None:  # a local machine is never part of the account
+            breakdown, account_bill = monthly_cost(spec), None
+            report = compute_dues(settings, breakdown)
+        else:
+            breakdown, account_bill = bill.breakdown(spec.stack_name), bill
+            report = compute_dues(settings, bill)
+        reports.append((spec, report, breakdown))
+        ids += hooks.emit_lifecycle(
+            "cost.monthly", spec=spec, outputs=outputs, cost=breakdown, account=account_bill, deliver=False
+        )
     delivery = hooks.deliver_pending()
     for line in delivery.errors:
         note(f"fedi: {line}")
-    posted = ""
+    posted = []
     if settings.announce if announce is None else announce:
-        from provision.providers import get_provider
-
-        posted = coop.announce(spec, report, get_provider(spec.provider))
+        for (spec, prov, _outputs), (_spec, report, _cost) in zip(targets, reports, strict=True):
+            posted.append(coop.announce(spec, report, prov or make_provider(spec.provider, backend)))
     data = {
         "events": ids,
         "delivered": list(delivery.delivered),
         "pending": len(delivery.pending),
-        "dues": report.as_dict(),
+        "stacks": [{"stack": spec.stack_name, "domain": spec.domain, "dues": r.as_dict()} for spec, r, _ in reports],
+        "dues": reports[0][1].as_dict() if len(reports) == 1 else None,
         "account": bill.as_dict() if bill is not None else None,
         "account_note": why,
-        "announced": posted or None,
+        "announced": "; ".join(posted) or None,
     }
     human = [bill.text()] if bill is not None else []
     if why:
-        human.append(f"account: {why}; this stack alone")
-    human += [report.summary(), f"events: {len(ids)} queued, {len(delivery.pending)} still pending"]
-    if breakdown.note and bill is None:
-        human.append(f"prices: {breakdown.source} ({breakdown.note})")
-    if posted:
-        human.append(posted)
+        human.append(f"account: {why}; these stacks alone")
+    for spec, report, breakdown in reports:
+        human.append(f"{spec.domain}: {report.summary()}")
+        if breakdown.note and bill is None:
+            human.append(f"  prices: {breakdown.source} ({breakdown.note})")
+    human.append(f"events: {len(ids)} queued, {len(delivery.pending)} still pending")
+    human += posted
     emit(data, as_json, "\n".join(human))
 
 

@@ -32,8 +32,23 @@ def make_provider(name: str, backend: str | None = None, yes: bool = False) -> A
     ``yes`` lets the local provider's preflight install systemd-container/debootstrap without asking.
     """
     from provision.providers import get_provider
+    from provision.spec import state_backend
 
+    backend = backend or state_backend(load_config())  # --backend, else [state] backend in fedi.toml
     return get_provider(name, backend=backend) if name == "hetzner" else get_provider(name, yes=yes)
+
+
+def resolve(
+    stack: str | None, domain: str | None, provider: str | None, backend: str | None = None, yes: bool = False
+) -> tuple[str, Any]:
+    """(stack name, the provider that holds it): the one answer to "which stack" for every command
+    that names one (the rules are in provision.resolve)."""
+    from provision.resolve import provider_for
+
+    configured = load_config().get("provider")
+    make = lambda n: make_provider(n, backend, yes=yes)  # noqa: E731 - one line, named for the call below
+    prov = provider_for(lambda p: stack_name(stack, domain, p), provider, configured, make)
+    return stack_name(stack, domain, prov), prov
 
 
 def flush_outbox() -> None:
@@ -70,6 +85,22 @@ def stack_name(stack: str | None, domain: str | None, provider: Any = None) -> s
         raise UsageError("domain: is required to find the stack (pass --domain or --stack)")
     domain = validate_domain(domain)
     return names.resolve_stack(domain, provider.stored_domain) if provider is not None else names.stack_name(domain)
+
+
+def all_stacks(provider: str | None, backend: str | None) -> list[tuple[Any, Any]]:
+    """(provider, StackSummary) of every stack. Without --provider every provider is asked; one that
+    cannot be asked (no Pulumi CLI, no token) is one note, and the others' stacks are still listed."""
+    names = [provider_name(provider)] if provider else ["local", "hetzner"]
+    found = []
+    for name in names:
+        try:
+            prov = make_provider(name, backend)
+            found += [(prov, summary) for summary in prov.stacks()]
+        except MissingPrerequisite as missing:
+            if provider:
+                raise
+            note(f"{name} stacks not listed: {missing.line()}")
+    return found
 
 
 def provider_name(provider: str | None) -> str:
@@ -250,8 +281,8 @@ def status_cmd(
     """Show a stack's outputs, cost and health."""
     from provision import lifecycle
 
-    prov = make_provider(provider_name(provider), backend)
-    result = lifecycle.status(stack_name(stack, domain, prov), prov, check_health=not no_health)
+    name, prov = resolve(stack, domain, provider, backend)
+    result = lifecycle.status(name, prov, check_health=not no_health, config=load_config())
     data = result_dict(result)
     lines = [f"{k}: {v}" for k, v in data["outputs"].items() if v not in (None, "")]
     if result.cost is not None:
@@ -289,15 +320,16 @@ def resize_cmd(
     """Change the size in place (server type, volume grows only, Postgres and app re-tuned)."""
     from dataclasses import replace
 
-    from provision import lifecycle
+    from provision import coop, lifecycle
     from provision.spec import SIZES, one_of
 
     one_of("size", size, tuple(SIZES))
-    prov = make_provider(provider_name(provider), backend)
+    config = load_config()
+    coop.validate_config(config)  # the operator's [hooks] and [coop] hear of the resize
+    name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    name = stack_name(stack, domain, prov)
     current = prov.outputs(name)
-    spec = lifecycle.spec_of_outputs(current)
+    spec = lifecycle.spec_of_outputs(current, config)
     if spec is None:
         raise UsageError(f"stack {name!r} does not say what it runs; resize it with `fedi up --size {size}`")
     if spec.size == size:
@@ -332,11 +364,12 @@ def down_cmd(
     as_json: Json = False,
 ) -> None:
     """Destroy a stack (the backups bucket is kept unless --purge-backups) and remove it from the backend."""
-    from provision import lifecycle
+    from provision import coop, lifecycle
 
-    prov = make_provider(provider_name(provider), backend)
+    config = load_config()
+    coop.validate_config(config)  # the operator's [hooks] and [coop] hear of the destroy
+    name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    name = stack_name(stack, domain, prov)
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
     if outputs.extra.get("production"):
@@ -350,34 +383,28 @@ def down_cmd(
     elif not yes and not _confirm(f"Destroy {target}?"):
         raise Aborted("nothing was destroyed")
     result = lifecycle.down(
-        name, prov, progress_printer(), purge_backups=purge_backups, unprotect=force_unprotect, skip_backup=skip_backup
+        name,
+        prov,
+        progress_printer(),
+        purge_backups=purge_backups,
+        unprotect=force_unprotect,
+        skip_backup=skip_backup,
+        config=config,
     )
     emit(result_dict(result), as_json, f"{target} destroyed; the stack is removed from the backend")
 
 
 def stacks_cmd(provider: Provider = None, backend: Backend = None, as_json: Json = False) -> None:
     """List the stacks in the state backend with software, size, domain, age and monthly cost."""
-    from datetime import UTC, datetime
-
     from provision.cost import monthly_cost
-    from provision.errors import MissingPrerequisite
+    from provision.timestamps import epoch
 
-    # Without --provider, list every provider's stacks; a provider that cannot be asked (no Pulumi CLI,
-    # no token) is one note, and the others are still listed.
-    names = [provider_name(provider)] if provider else ["local", "hetzner"]
-    summaries = []
-    for name in names:
-        try:
-            summaries += make_provider(name, backend).stacks()
-        except MissingPrerequisite as missing:
-            if provider:
-                raise
-            note(f"{name} stacks not listed: {missing.line()}")
-    now = datetime.now(UTC)
+    summaries = [summary for _prov, summary in all_stacks(provider, backend)]
+    now = time.time()
     rows = []
     for s in summaries:
-        created = datetime.fromisoformat(s.created.replace("Z", "+00:00")) if s.created else None
-        age_h = (now - created).total_seconds() / 3600 if created else None
+        created = epoch(s.created)
+        age_h = (now - created) / 3600 if created else None
         cost = None
         if s.size and s.software:
             from provision.spec import APPS
@@ -421,8 +448,8 @@ def ssh_cmd(
     """Open a shell on the server (host key pinned), or run COMMAND there."""
     from provision import remote
 
-    prov = make_provider(provider_name(provider), backend)
-    outputs = prov.outputs(stack_name(stack, domain, prov))
+    name, prov = resolve(stack, domain, provider, backend)
+    outputs = prov.outputs(name)
     raise typer.Exit(remote.interactive_shell(outputs.access, command or None))
 
 
@@ -438,8 +465,8 @@ def logs_cmd(
     """Show the instance's logs (journal and containers)."""
     from provision import remote
 
-    prov = make_provider(provider_name(provider), backend)
-    outputs = prov.outputs(stack_name(stack, domain, prov))
+    name, prov = resolve(stack, domain, provider, backend)
+    outputs = prov.outputs(name)
     raise typer.Exit(remote.logs(outputs.access, service, follow, lines=lines))
 
 

@@ -213,28 +213,44 @@ def event_data(
 def announce(spec: Any, report: Any, provider: Any, *, base_url: str | None = None, run: Any = None) -> str:
     """Post ``report`` on ``spec``'s instance the way its app allows (see the module docstring).
 
-    ``provider`` gives the stack's outputs (SSH access, for Mastodon) and secrets (the Lemmy admin's
-    password); ``run`` is :func:`provision.remote.run`; ``base_url`` defaults to https://<domain>.
-    A local stack's certificate comes from Caddy's internal CA, so it is not verified there.
+    ``provider`` gives the stack's outputs (SSH access, for Mastodon; the CA to trust) and its stored
+    secrets (the Lemmy admin's password; read only); ``run`` is :func:`provision.remote.run`;
+    ``base_url`` defaults to https://<domain>. The certificate is always verified: against the stack's
+    own CA bundle where it has one (Caddy's internal CA on the local provider), else the system's roots.
     """
-    verify = spec.provider != "local"
     base_url = base_url or f"https://{spec.domain}"
+    outputs = provider.outputs(spec.stack_name)
     if spec.app == "mastodon":
         if run is None:
             from provision.remote import run
-        outputs = provider.outputs(spec.stack_name)
         rc, out, err = run(outputs.access, mastodon_argv(funding_text(report, markdown=False)))
         if rc != 0:
             last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
             raise HookError(f"the Mastodon announcement failed: {last[0][:200]}")
         announcement_id = (out.strip().splitlines() or [""])[-1]
         return f"funding status published as Mastodon announcement {announcement_id}".rstrip()
+    verify = tls_context(spec, outputs)
     if spec.app == "lemmy":
-        password = provider.secrets(spec).get("admin_password", "")
+        password = provider.stored_secrets(spec.stack_name).get("admin_password", "")
         if not password:
             raise MissingPrerequisite(f"no admin password in the secrets of stack {spec.stack_name}")
         return post_lemmy(base_url, spec.admin_username, password, funding_text(report), verify=verify)
     return post_mbin(base_url, funding_text(report), verify=verify)
+
+
+def tls_context(spec: Any, outputs: Any) -> Any:
+    """What to trust for the stack's HTTPS: its CA bundle (as the health checks do), else the system's roots."""
+    import ssl
+
+    from provision.lifecycle import health_target, staging_issuer_path
+
+    ca = health_target(spec, outputs).ca_bundle
+    if ca is None and spec.ephemeral and staging_issuer_path(outputs.stack).exists():
+        ca = staging_issuer_path(outputs.stack)
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if ca:  # a staging intermediate is trusted on its own, as the health checks trust it
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 def validate_config(config: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import paths
-from provision.errors import FediError, MissingPrerequisite, ProvisionError, UsageError
+from provision.errors import FediError, MissingPrerequisite, ProvisionError, ValidationError
 from provision.providers import PlannedResource
 
 Progress = Callable[[str], None]
@@ -45,11 +45,12 @@ def default_backend() -> str:
     return (paths.state_dir() / "pulumi").as_uri()
 
 
-def validate_backend(url: str | None) -> str:
+def validate_backend(url: str | None, path: str = "backend") -> str:
+    """``url`` (from --backend, or ``path`` in fedi.toml), or the default file backend when it is empty."""
     if not url:
         return default_backend()
-    if not re.match(r"^(s3|file|gs|azblob)://.+", url):
-        raise UsageError(f"backend: {url!r} is not a Pulumi backend URL such as s3://bucket/fedi or file:///path")
+    if not isinstance(url, str) or not re.match(r"^(s3|file|gs|azblob)://.+", url):
+        raise ValidationError(path, f"{url!r} is not a Pulumi backend URL such as s3://bucket/fedi or file:///path")
     return url
 
 

@@ -22,6 +22,7 @@ from provision.model import Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
 from provision.sizing import Sizing, size_for, sizing
 from provision.spec import InstanceSpec
+from provision.timestamps import epoch
 
 BUNDLE_DIR = "/opt/fedi/bundle"
 BACKUP_ARGV = ["sudo", "-n", "/usr/local/sbin/fedi-backup"]
@@ -235,9 +236,10 @@ def status(
     steps: Steps = Steps(),
     *,
     check_health: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> Result:
     outputs = provider.outputs(stack)
-    spec = spec or spec_of_outputs(outputs)
+    spec = spec or spec_of_outputs(outputs, config)
     cost = steps.cost(spec, sizing(spec)) if spec else None
     report = None
     if spec is not None and check_health:
@@ -252,9 +254,13 @@ def status(
     return Result(stack, outputs, cost, report, notes=notes)
 
 
-def spec_of_outputs(outputs: StackOutputs) -> InstanceSpec | None:
-    """Rebuild the spec a stack was made with from its outputs (software, size, domain, location)."""
-    from provision.spec import build_spec
+def spec_of_outputs(outputs: StackOutputs, config: dict[str, Any] | None = None) -> InstanceSpec | None:
+    """Rebuild the spec a stack was made with from its outputs (software, size, domain, location).
+
+    ``config`` is the operator's fedi.toml: its sections ([smtp], [hooks], [coop], [backup], [state])
+    apply to every stack; its top-level keys describe one instance and do not override the outputs.
+    """
+    from provision.spec import SECTIONS, build_spec
 
     extra = outputs.extra
     if not all(extra.get(k) for k in ("software", "size", "domain")):
@@ -264,10 +270,12 @@ def spec_of_outputs(outputs: StackOutputs) -> InstanceSpec | None:
     if extra.get("location"):
         flags["location"] = extra["location"]
     flags["production"] = bool(extra.get("production", False))
-    if extra.get("ephemeral") and int(extra.get("expires") or 0) > int(extra.get("created") or 0):
+    created, expires = epoch(extra.get("created")), epoch(extra.get("expires"))
+    if extra.get("ephemeral") and expires > created:
         flags["ephemeral"] = True
-        flags["ttl_hours"] = (int(extra["expires"]) - int(extra["created"])) / 3600
-    return replace(build_spec(flags), stack=outputs.stack)  # made under an older naming rule, maybe
+        flags["ttl_hours"] = (expires - created) / 3600
+    sections = {k: v for k, v in (config or {}).items() if k in SECTIONS}
+    return replace(build_spec(flags, sections), stack=outputs.stack)  # made under an older naming rule, maybe
 
 
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
@@ -301,11 +309,14 @@ def down(
     purge_backups: bool = False,
     unprotect: bool = False,
     skip_backup: bool = False,
+    config: dict[str, Any] | None = None,
     steps: Steps = Steps(),
 ) -> Result:
-    """Destroy a stack: pre-destroy backup, provider.down, billing event. Confirmation is the CLI's job."""
+    """Destroy a stack: pre-destroy backup, provider.down, billing event. Confirmation is the CLI's job.
+
+    ``config`` is the operator's fedi.toml: its [hooks] and [coop] hear of the destroy."""
     outputs = provider.outputs(stack)
-    spec = spec_of_outputs(outputs)
+    spec = spec_of_outputs(outputs, config)
     if not skip_backup and outputs.access.address:
         progress("running the pre-destroy backup")
         try:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from provision.timestamps import utc_iso
 
 # Inputs that hold secrets: never recorded, never printed.
 REDACTED = {"userData", "user_data", "minioUser", "minioPassword", "minioAccessKey", "minioSecretKey"}
@@ -198,7 +199,7 @@ class OfflineEngine:
         if data.get("outputs"):  # a real backend keeps the cloud's ids and addresses across updates
             for key in ("ipv4", "ipv6", "server_id", "volume_id", "volume_device"):
                 outputs[key] = data["outputs"].get(key, outputs.get(key))
-        data.update(resources=after, outputs=outputs, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        data.update(resources=after, outputs=outputs, updated=utc_iso())
         self._save(cfg.stack, data)
         return outputs
 

@@ -197,8 +197,53 @@ SPEC_KEYS = (
 SECTIONS = ("smtp", "coop", "hooks", "backup", "state", "account")
 
 
+BACKUP_KEYS = ("alert_webhook",)
+STATE_KEYS = ("backend",)
+
+
+def _table(raw: Any, section: str, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValidationError(section, f"must be a table with {', '.join(known)}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValidationError(f"{section}/{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+    return raw
+
+
+def parse_backup(raw: Any) -> dict[str, str]:
+    """[backup]: ``alert_webhook``, an http(s) URL the server calls when a backup fails (optional)."""
+    table = _table(raw if raw is not None else {}, "backup", BACKUP_KEYS)
+    url = table.get("alert_webhook", "")
+    if not isinstance(url, str) or (url and not re.fullmatch(r"https?://[^\s\"'`$\\]+", url)):
+        raise ValidationError("backup/alert_webhook", f"{url!r} is not an http(s) URL")
+    return {"alert_webhook": url}
+
+
+def state_backend(config: dict[str, Any]) -> str | None:
+    """[state] ``backend``: the Pulumi state backend of Hetzner stacks when --backend is not given."""
+    table = _table(config.get("state", {}), "state", STATE_KEYS)
+    if not table.get("backend"):
+        return None
+    from provision.engine import validate_backend
+
+    return validate_backend(table["backend"], "state/backend")
+
+
+def validate_sections(config: dict[str, Any]) -> None:
+    """Every section of fedi.toml, checked the same way when it is read; errors name the key's path."""
+    from provision.dues import parse_coop
+    from provision.hooks import parse_hooks
+
+    _smtp(config.get("smtp"))
+    parse_hooks(config)
+    if "coop" in config:
+        parse_coop(config["coop"])
+    parse_backup(config.get("backup"))
+    state_backend(config)
+
+
 def load_config(directory: Path | None = None) -> dict[str, Any]:
-    """Read ``fedi.toml`` from ``directory`` (the working directory). Missing file -> {}."""
+    """Read ``fedi.toml`` from ``directory`` (the working directory), every section validated. No file -> {}."""
     path = (directory or Path.cwd()) / CONFIG_FILE
     if not path.is_file():
         return {}
@@ -210,6 +255,7 @@ def load_config(directory: Path | None = None) -> dict[str, Any]:
     if unknown:
         known = ", ".join((*SPEC_KEYS, *SECTIONS))
         raise ValidationError(f"{CONFIG_FILE}: {unknown[0]}", f"unknown key (known: {known})")
+    validate_sections(data)
     return data
 
 
@@ -245,6 +291,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     production = merged.get("production", not ephemeral and provider == "hetzner")
     if not isinstance(production, bool):
         raise ValidationError("production", f"{production!r} must be true or false")
+    parse_backup(config.get("backup"))  # the server's restic.env carries it: never unchecked
     return InstanceSpec(
         software=software,
         size=size,

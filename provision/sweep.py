@@ -17,10 +17,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from provision.errors import ProvisionError
+from provision.timestamps import epoch
 from stacks.config import label_value
 
 SELECTOR = "managed-by=fedi,fedi-ephemeral=true"
@@ -47,10 +47,6 @@ class SweepItem:
         return {"kind": self.kind, "name": self.name, "id": self.id, "expires": self.expires, "action": self.action}
 
 
-def _epoch(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()) if iso else 0
-
-
 def is_sweepable(labels: dict[str, str], now: float) -> bool:
     """True only for fedi's ephemeral resources whose expiry has passed."""
     expires = labels.get("fedi-expires", "")
@@ -67,7 +63,7 @@ def sweep_stacks(provider: Any, now: float, *, dry_run: bool, progress: Callable
 
     items = []
     for s in provider.stacks():
-        expires = _epoch(s.expires)
+        expires = int(epoch(s.expires))
         if not s.ephemeral or s.production or not expires or expires > now:
             continue
         if dry_run:

@@ -18,6 +18,7 @@ import pytest
 from provision import cli, cli_stack
 from provision.offline import OfflineEngine
 from provision.providers.hetzner import HetznerProvider
+from provision.providers.local import LocalProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, fake_cli, isolate, spec_of
 
@@ -109,7 +110,11 @@ def engine(monkeypatch, tmp_path):
     isolate(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     eng = OfflineEngine()
-    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=eng))
+
+    def make(name, backend=None, **_):  # the real local provider, and Hetzner on the test engine
+        return HetznerProvider(engine=eng) if name == "hetzner" else LocalProvider()
+
+    monkeypatch.setattr(cli_stack, "make_provider", make)
     return eng
 
 

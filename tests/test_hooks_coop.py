@@ -211,7 +211,7 @@ class Stack:
     def __init__(self, secrets=None):
         self._secrets = secrets or {}
 
-    def secrets(self, spec):
+    def stored_secrets(self, stack):
         return self._secrets
 
     def outputs(self, stack):

@@ -1,7 +1,7 @@
 import pytest
 
 from provision.errors import ValidationError
-from provision.spec import build_spec, load_config, parse_ttl, validate_domain
+from provision.spec import build_spec, load_config, parse_ttl, state_backend, validate_domain
 
 BASE = {"software": "lemmy", "size": "small", "domain": "social.example.org"}
 
@@ -61,6 +61,14 @@ def test_flags_win_over_fedi_toml(tmp_path):
         ('sise = "tiny"\n', "fedi.toml: sise: unknown key"),
         ("software = [\n", "fedi.toml: is not valid TOML"),
         ('[smtp]\nhost = "h"\nuser = "u"\nfrom = "a@b.org"\npassword = "x"\n', "smtp/password"),
+        ('[backup]\nalert_webook = "https://alerts.example.org"\n', "backup/alert_webook: unknown key"),
+        ('[backup]\nalert_webhook = "alerts.example.org/x"\n', "backup/alert_webhook: 'alerts.example.org/x'"),
+        ('[backup]\nalert_webhook = "https://a.example.org/$(id)"\n', "backup/alert_webhook:"),
+        ("backup = 3\n", "backup: must be a table"),
+        ('[state]\nbackend = "bucket/fedi"\n', "state/backend: 'bucket/fedi' is not a Pulumi backend URL"),
+        ('[state]\npassphrase = "x"\n', "state/passphrase: unknown key"),
+        ('[hooks]\nurls = ["ftp://x"]\n', "hooks/urls[0]"),
+        ("[coop]\ndues = 0\n", "coop/dues"),
     ],
 )
 def test_bad_config_file(tmp_path, toml, message):
@@ -88,3 +96,13 @@ def test_parse_ttl_rejects(text):
 
 def test_validate_domain_lowercases():
     assert validate_domain("Social.Example.ORG") == "social.example.org"
+
+
+def test_the_state_and_backup_sections_are_read(tmp_path):
+    (tmp_path / "fedi.toml").write_text(
+        '[state]\nbackend = "s3://coop-state/fedi"\n[backup]\nalert_webhook = "https://alerts.example.org/b"\n'
+    )
+    config = load_config(tmp_path)
+    assert state_backend(config) == "s3://coop-state/fedi" and state_backend({}) is None
+    spec = build_spec(BASE, config)
+    assert spec.extra["backup"]["alert_webhook"] == "https://alerts.example.org/b"

@@ -34,6 +34,7 @@ from pathlib import Path
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError
 from provision.local import bootstrap, cgroups, image, net
+from provision.timestamps import utc_iso
 
 Progress = Callable[[str], None]
 BACKUPS_TARGET = "/var/backups/fedi"
@@ -306,7 +307,7 @@ def boot(
         memory_mb=memory_mb,
         groups=tuple(str(g) for g in groups.all()),
         unenforced=tuple(unenforced),
-        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        started=utc_iso(),
         extra={"internet": "yes" if internet else "no"},
     )
     _save(machine)

@@ -60,6 +60,9 @@ class Provider(Protocol):
     def secrets(self, spec: InstanceSpec) -> dict[str, str]:
         """The stack's app secrets: generated once, stored encrypted, the same on every later call."""
 
+    def stored_secrets(self, stack: str) -> dict[str, str]:
+        """The secrets an existing stack keeps; ProvisionError if there are none. Creates nothing."""
+
     def plan(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle) -> Plan: ...
 
     def up(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, progress: Progress) -> StackOutputs:

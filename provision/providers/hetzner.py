@@ -22,6 +22,7 @@ from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
 from provision.providers import Plan, Progress, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
+from provision.timestamps import as_iso
 from stacks.config import StackConfig, build_config, config_from_json, config_to_json, guess_zone, storage_for
 
 S3_ACCESS_ENV = "FEDI_S3_ACCESS_KEY"
@@ -165,6 +166,13 @@ class HetznerProvider:
         except ProvisionError:  # in the backend with nothing provisioned
             return ""
 
+    def stored_secrets(self, stack: str) -> dict[str, str]:
+        """The secrets the stack keeps in the backend (read only: never creates a stack or a secret)."""
+        stored = self.engine.read_config(stack, "secrets")
+        if not stored:
+            raise ProvisionError(f"stack {stack!r} keeps no secrets in the state backend", hint="see `fedi stacks`")
+        return json.loads(stored)
+
     def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
         """Keep another stack's app secrets from now on (after its data was restored here)."""
         from provision.secrets import carried_over
@@ -294,7 +302,7 @@ class HetznerProvider:
             server_id=str(out.get("server_id", "")),
             server_type=out.get("server_type", ""),
             storage=storage,
-            extra={k: v for k, v in out.items() if k not in ("ipv4", "ipv6", "server_id", "server_type")},
+            extra=_record(out),
         )
 
     def _client_key_file(self, stack: str, private_key: str) -> Path:
@@ -313,7 +321,6 @@ class HetznerProvider:
                 continue
             if not out:
                 continue
-            created = out.get("created") or 0
             found.append(
                 StackSummary(
                     stack=name,
@@ -321,9 +328,9 @@ class HetznerProvider:
                     software=out.get("software", ""),
                     size=out.get("size", ""),
                     domain=out.get("domain", ""),
-                    created=_iso(created),
+                    created=as_iso(out.get("created")),
                     ephemeral=bool(out.get("ephemeral")),
-                    expires=_iso(out.get("expires") or 0) if out.get("ephemeral") else "",
+                    expires=as_iso(out.get("expires")) if out.get("ephemeral") else "",
                     production=bool(out.get("production")),
                     location=out.get("location", ""),
                 )
@@ -334,8 +341,14 @@ class HetznerProvider:
         self.engine.write_config(stack, "host_key", host_key.strip(), secret=False)
 
 
-def _iso(epoch: int | float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch))) if epoch else ""
+def _record(out: dict[str, Any]) -> dict[str, Any]:
+    """The stack's exports as every provider records them: ``created``/``expires`` in ISO 8601 UTC
+    (the stack program exports unix seconds, the form its labels need)."""
+    extra = {k: v for k, v in out.items() if k not in ("ipv4", "ipv6", "server_id", "server_type")}
+    for key in ("created", "expires"):
+        if key in extra:
+            extra[key] = as_iso(extra[key])
+    return extra
 
 
 def provider(**options: Any) -> HetznerProvider:

@@ -27,6 +27,7 @@ from provision.model import Bundle, HostAccess, StackOutputs
 from provision.providers import Plan, PlannedResource, Progress, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
+from provision.timestamps import utc_iso
 
 APT_PACKAGES = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2"}
 CADDY_ROOT_CA = "var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
@@ -57,10 +58,6 @@ def open_hint(domain: str, address: str, ca: Path) -> str:
 def trust_hint(stack: str, ca: Path) -> str:
     """How to make this host trust the machine's Caddy internal CA."""
     return f"cp {ca} /usr/local/share/ca-certificates/fedi-{stack}.crt && update-ca-certificates"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class LocalProvider:
@@ -131,7 +128,7 @@ class LocalProvider:
 
         fresh = generate_secrets(spec)
         if store:
-            store_.save(spec.stack_name, {**self._spec_fields(spec), "secrets": fresh, "created": _now()})
+            store_.save(spec.stack_name, {**self._spec_fields(spec), "secrets": fresh, "created": utc_iso()})
         return fresh
 
     def stored_domain(self, stack: str) -> str | None:
@@ -147,11 +144,19 @@ class LocalProvider:
             return str(self._doc(stack).get("domain") or "")
         return "" if machine.load(stack) is not None else None
 
+    def stored_secrets(self, stack: str) -> dict[str, str]:
+        """The secrets the stack keeps (read only: never generates or stores anything)."""
+        store = self._store()
+        found = store.load(stack).get("secrets") if store.exists(stack) else None
+        if not found:
+            raise ProvisionError(f"the local stack {stack!r} keeps no secrets", hint="see `fedi stacks`")
+        return found
+
     @staticmethod
     def _spec_fields(spec: InstanceSpec) -> dict[str, Any]:
         expires = ""
         if spec.ephemeral and spec.ttl_hours:
-            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + spec.ttl_hours * 3600))
+            expires = utc_iso(time.time() + spec.ttl_hours * 3600)
         return {
             "software": spec.software,
             "size": spec.size,
