@@ -60,11 +60,14 @@ def sweep_cmd(
     from provision import sweep
     from provision.cli_stack import make_provider, progress_printer, provider_name
     from provision.errors import MissingPrerequisite
+    from provision.spec import load_config
 
+    config = load_config()  # its [hooks] and [coop] hear of every stack swept
     items = []
     for name in [provider_name(provider)] if provider else ["local", "hetzner"]:
         try:
-            items += sweep.sweep(make_provider(name, backend), dry_run=dry_run, progress=progress_printer())
+            prov = make_provider(name, backend)
+            items += sweep.sweep(prov, dry_run=dry_run, progress=progress_printer(), config=config)
         except MissingPrerequisite as missing:
             if provider:
                 raise

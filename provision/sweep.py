@@ -58,7 +58,15 @@ def is_sweepable(labels: dict[str, str], now: float) -> bool:
     )
 
 
-def sweep_stacks(provider: Any, now: float, *, dry_run: bool, progress: Callable[[str], None]) -> list[SweepItem]:
+def sweep_stacks(
+    provider: Any,
+    now: float,
+    *,
+    dry_run: bool,
+    progress: Callable[[str], None],
+    config: dict[str, Any] | None = None,
+) -> list[SweepItem]:
+    """``config`` is the operator's fedi.toml: its [hooks] hear of each stack destroyed."""
     from provision import lifecycle
 
     items = []
@@ -70,7 +78,7 @@ def sweep_stacks(provider: Any, now: float, *, dry_run: bool, progress: Callable
             items.append(SweepItem("stack", s.stack, "", expires, "would destroy"))
             continue
         try:
-            lifecycle.down(s.stack, provider, progress, purge_backups=True, skip_backup=True)
+            lifecycle.down(s.stack, provider, progress, purge_backups=True, skip_backup=True, config=config)
             items.append(SweepItem("stack", s.stack, "", expires, "destroyed"))
         except ProvisionError as err:
             items.append(SweepItem("stack", s.stack, "", expires, f"failed: {err.line()}"))
@@ -156,12 +164,13 @@ def sweep(
     progress: Callable[[str], None] = lambda _l: None,
     client: Any = None,
     base_url: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> list[SweepItem]:
     """Expired ephemeral stacks, then (with HCLOUD_TOKEN, for the Hetzner provider) orphaned resources."""
     now = time.time() if now is None else now
     if provider.name == "hetzner":  # the Pulumi CLI and the token, or this provider cannot be asked
         provider.engine.preflight()
-    items = sweep_stacks(provider, now, dry_run=dry_run, progress=progress)
+    items = sweep_stacks(provider, now, dry_run=dry_run, progress=progress, config=config)
     token = os.environ.get("HCLOUD_TOKEN", "")
     if provider.name != "hetzner" or not (token or client):
         return items
