@@ -9,7 +9,6 @@ and the Host header, so the checks see exactly what a visitor would.
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 from collections.abc import Callable
@@ -333,24 +332,3 @@ def wait(
             raise err
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, max_delay)
-
-
-def describe(report: HealthReport) -> str:
-    """A few lines for humans (``fedi status``)."""
-    return "\n".join(f"{_mark(c)} {c.name:13} {c.detail}" for c in report.checks)
-
-
-def _mark(c: Check) -> str:
-    return "skip" if c.skipped else "ok  " if c.ok else "FAIL"
-
-
-def as_json(report: HealthReport) -> str:
-    return json.dumps(
-        {
-            "domain": report.target.domain,
-            "ok": report.ok,
-            "complete": report.complete,
-            "checks": [c.__dict__ for c in report.checks],
-        },
-        indent=2,
-    )

@@ -168,9 +168,6 @@ class Sizing:
         budget.update(self.app_memory_mb())
         return budget
 
-    def fits(self) -> bool:
-        return sum(self.memory_budget().values()) <= self.server.ram_mb * HEADROOM
-
 
 def _pgtune(server: ServerType, max_connections: int, share: float) -> Postgres:
     pg_ram = int(server.ram_mb * share)

@@ -450,8 +450,7 @@ def test_without_the_app_only_the_https_front_is_checked(site: Site, pki: dict[s
     assert report.line() == (
         f"https://{DOMAIN} is healthy (not checked: nodeinfo, api, webfinger, actor: {health.NOT_STARTED})"
     )
-    assert json.loads(health.as_json(report))["complete"] is False
-    assert health.describe(report).splitlines()[2].startswith("skip nodeinfo")
+    assert report.complete is False
     assert set(site.hits) == {"/"}  # nothing was asked of the app
     site.routes = {"/": lambda: (404, "no site here")}  # a wrong site still fails
     assert not health.check(target(site, pki, app_started=False)).ok

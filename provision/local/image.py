@@ -80,7 +80,6 @@ CLEAN_GLOBS: tuple[str, ...] = (
 )
 
 Progress = Callable[[str], None]
-_PACKAGE_VERBS = ("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring")
 
 
 def image_hash(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> str:
