@@ -261,3 +261,58 @@ def test_validate_config_at_the_edge():
         coop.validate_config({"hooks": {"urls": ["books.example.coop"]}})
     with pytest.raises(ValidationError, match="^coop/period"):
         coop.validate_config({"coop": {"dues": 5, "period": "weekly"}})
+
+
+def _ca_pem(common_name: str) -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_announce_on_a_local_stack_verifies_against_its_ca(tmp_path, monkeypatch):
+    """Caddy's internal CA of a local stack is trusted, and nothing else: TLS verification stays on."""
+    import ssl
+
+    from provision.model import HostAccess, StackOutputs
+    from provision.spec import build_spec
+
+    ca = tmp_path / "root.crt"
+    ca.write_bytes(_ca_pem("Caddy Local Authority - test"))
+    spec = build_spec({"software": "lemmy", "size": "tiny", "domain": "lemmy.localhost", "provider": "local"})
+
+    class LocalStack(Stack):
+        def outputs(self, stack):
+            return StackOutputs(stack, "local", HostAccess("10.213.0.2"), extra={"ca_bundle": str(ca)})
+
+    seen = {}
+
+    def post(base_url, username, password, text, *, verify):
+        seen["verify"] = verify
+        return "posted"
+
+    monkeypatch.setattr(coop, "post_lemmy", post)
+    assert coop.announce(spec, report(), LocalStack({"admin_password": PASSWORD})) == "posted"
+    context = seen["verify"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    names = [dict(x[0] for x in c["subject"]).get("commonName") for c in context.get_ca_certs()]
+    assert names == ["Caddy Local Authority - test"]
