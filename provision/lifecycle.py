@@ -287,7 +287,7 @@ def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps:
     old, new = size_for(old_size, spec.app), sizing(spec)
     cost_old, cost_new = steps.cost(replace(spec, size=old_size), old), steps.cost(spec, new)
     outputs = provider.resize(spec, old, new, progress)
-    secrets = provider.secrets(spec)
+    secrets = provider.stored_secrets(spec.stack_name)  # an existing stack: read, never generate
     bundle = render(spec, new, secrets, provider, steps)
     progress("re-tuning Postgres and the app for the new size")
     configured = steps.configure(outputs.access, bundle, runtime_vars(outputs), progress)
