@@ -320,12 +320,11 @@ def resize_cmd(
     """Change the size in place (server type, volume grows only, Postgres and app re-tuned)."""
     from dataclasses import replace
 
-    from provision import coop, lifecycle
+    from provision import lifecycle
     from provision.spec import SIZES, one_of
 
     one_of("size", size, tuple(SIZES))
-    config = load_config()
-    coop.validate_config(config)  # the operator's [hooks] and [coop] hear of the resize
+    config = load_config()  # every section validated: its [hooks] and [coop] hear of the resize
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
     current = prov.outputs(name)
@@ -364,10 +363,9 @@ def down_cmd(
     as_json: Json = False,
 ) -> None:
     """Destroy a stack (the backups bucket is kept unless --purge-backups) and remove it from the backend."""
-    from provision import coop, lifecycle
+    from provision import lifecycle
 
-    config = load_config()
-    coop.validate_config(config)  # the operator's [hooks] and [coop] hear of the destroy
+    config = load_config()  # every section validated: its [hooks] and [coop] hear of the destroy
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
     outputs = prov.outputs(name)
