@@ -18,6 +18,7 @@ from typing import Any
 
 from provision.errors import BackupError, UsageError
 from provision.model import HostAccess, ObjectStorage
+from provision.timestamps import epoch
 
 SBIN = "/usr/local/sbin"
 ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's backup/restic.env (0600)
@@ -210,8 +211,7 @@ def parse_status(last: str, show: str, now: datetime) -> BackupStatus:
     last = last.strip()
     age = None
     if last:
-        when = datetime.fromisoformat(last.replace("Z", "+00:00"))
-        age = round((now - when).total_seconds() / 3600, 1)
+        age = round((now.timestamp() - epoch(last)) / 3600, 1)
     fields: dict[str, str] = {}
     for line in show.splitlines():
         key, _, value = line.partition("=")

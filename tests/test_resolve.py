@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from provision.errors import MissingPrerequisite, UsageError
+from provision.errors import MissingPrerequisite, ProvisionError, UsageError
 from provision.resolve import provider_for
 
 
@@ -16,6 +16,8 @@ class Holder:
         self._asked.append(self.name)
         if self._stacks is None:
             raise MissingPrerequisite(f"{self.name} cannot be asked here")
+        if self._stacks == {"unreachable"}:
+            raise ProvisionError(f"{self.name}'s backend is out of reach")
         return "s.example.org" if stack in self._stacks else None
 
 
@@ -29,6 +31,7 @@ def maker(local: set[str] | None, hetzner: set[str] | None, asked: list[str]):
         ({"s"}, set(), None, None, "local"),  # made with --provider local: found without it
         (set(), {"s"}, None, None, "hetzner"),
         ({"s"}, None, None, None, "local"),  # no Pulumi CLI: the local stack is still found
+        ({"s"}, {"unreachable"}, None, None, "local"),  # a backend out of reach does not hide it either
         (set(), None, None, None, "hetzner"),  # nowhere to be found: hetzner says why in one line
         (set(), set(), None, "local", "local"),  # nowhere: fedi.toml's provider says it is not there
         ({"s"}, {"s"}, None, "hetzner", "hetzner"),  # in both: fedi.toml's provider decides
