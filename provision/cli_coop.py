@@ -271,25 +271,33 @@ def outbox(
 def _monthly_targets(
     flags: dict[str, Any], stack: str | None, provider: str | None, backend: str | None
 ) -> list[tuple[Any, Any, Any]]:
-    """(spec, provider, outputs) of each stack the monthly run covers: the one named by --stack/--domain;
-    else, with --software/--size, the instance those flags and fedi.toml describe (no stack needed);
-    else every stack that is not ephemeral, in every provider (as `fedi stacks` lists them); with no
-    stack at all, the instance fedi.toml describes, if it does."""
+    """(spec, provider, outputs) of each stack the monthly run covers.
+
+    With --software/--size: the instance those flags and fedi.toml describe (priced, no stack needed).
+    Else the stack named by --stack, --domain or fedi.toml's domain, as it runs (a domain with no stack
+    yet: the instance fedi.toml describes). Else every stack that is not ephemeral, in every provider,
+    as `fedi stacks` lists them.
+    """
     from provision.cli_stack import all_stacks, resolve
-    from provision.errors import UsageError
+    from provision.errors import MissingPrerequisite, ProvisionError, UsageError
     from provision.lifecycle import spec_of_outputs
     from provision.spec import load_config
 
     config = load_config()
-    if stack or flags["domain"]:
+    if flags["software"] or flags["size"]:
+        return [(spec_from(**flags, provider=provider), None, None)]
+    if stack or flags["domain"] or config.get("domain"):
         name, prov = resolve(stack, flags["domain"], provider, backend)
-        outputs = prov.outputs(name)
+        try:
+            outputs = prov.outputs(name)
+        except (MissingPrerequisite, ProvisionError):
+            if stack or not (config.get("software") and config.get("size")):
+                raise
+            return [(spec_from(**flags, provider=provider), None, None)]  # not made yet: as fedi.toml says
         spec = spec_of_outputs(outputs, config)
         if spec is None:
             raise UsageError(f"stack {name!r} does not say what it runs", hint="pass --software and --size")
         return [(spec, prov, outputs)]
-    if flags["software"] or flags["size"]:
-        return [(spec_from(**flags, provider=provider), None, None)]
     found = []
     for prov, summary in all_stacks(provider, backend):
         if summary.ephemeral:
@@ -300,8 +308,6 @@ def _monthly_targets(
             note(f"stack {summary.stack} does not say what it runs: left out")
             continue
         found.append((spec, prov, outputs))
-    if not found and all(config.get(k) for k in ("software", "size", "domain")):
-        found.append((spec_from(**flags, provider=provider), None, None))
     if not found:
         raise UsageError(
             "no stack to cover", hint="name one with --domain or --stack, or price one with --software and --size"

@@ -240,6 +240,10 @@ def validate_sections(config: dict[str, Any]) -> None:
         parse_coop(config["coop"])
     parse_backup(config.get("backup"))
     state_backend(config)
+    if "account" in config:
+        from provision.account_stacks import parse_account
+
+        parse_account(config["account"])
 
 
 def load_config(directory: Path | None = None) -> dict[str, Any]:
