@@ -59,7 +59,12 @@ Location = Annotated[
 ]
 AdminEmail = Annotated[str | None, typer.Option(help="first admin's e-mail", show_default=False)]
 Provider = Annotated[
-    str | None, typer.Option(help="hetzner (default) or local (a Debian 13 machine here)", show_default=False)
+    str | None,
+    typer.Option(
+        help="hetzner (default for a new stack) or local (a Debian 13 machine here); a named stack is found "
+        "in the provider that holds it",
+        show_default=False,
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
