@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provision.errors import HookError, MissingPrerequisite, ValidationError
+from provision.timestamps import epoch, utc_iso
 
 EVENT_TYPES = ("stack.created", "stack.resized", "stack.destroyed", "cost.monthly")
 DEFAULT_SECRET_ENV = "FEDI_WEBHOOK_SECRET"
@@ -276,7 +277,7 @@ def emit(event_type: str, data: dict[str, Any], config: dict[str, Any], *, deliv
     if not settings.urls:
         return []
     now = datetime.now(UTC)
-    payload = {"type": event_type, "timestamp": now.isoformat(timespec="seconds"), "data": data}
+    payload = {"type": event_type, "timestamp": utc_iso(now.timestamp()), "data": data}
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
     ids = []
     for url in settings.urls:
@@ -288,8 +289,8 @@ def emit(event_type: str, data: dict[str, Any], config: dict[str, Any], *, deliv
             type=event_type,
             body=body,
             secret_env=settings.secret_env,
-            created_at=now.isoformat(timespec="seconds"),
-            next_attempt_at=now.isoformat(timespec="seconds"),
+            created_at=utc_iso(now.timestamp()),
+            next_attempt_at=utc_iso(now.timestamp()),
         )
         _write_atomic(event.path, event.record())
         ids.append(msg_id)
@@ -365,7 +366,7 @@ def deliver_pending(
         blocked_urls: set[str] = set()
         with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False) as client:
             for event in list_pending():
-                due = force or not event.next_attempt_at or datetime.fromisoformat(event.next_attempt_at) <= now
+                due = force or not event.next_attempt_at or epoch(event.next_attempt_at) <= now.timestamp()
                 if not due or event.url in blocked_urls or time.monotonic() > deadline:
                     blocked_urls.add(event.url)  # later events to this URL wait behind this one
                     continue
@@ -395,7 +396,7 @@ def deliver_pending(
                 tries = event.attempts + 1
                 wait = min(RETRY_BASE * 2 ** (tries - 1), RETRY_MAX)
                 errors.append(f"{event.id} to {display_url(event.url)}: {error}")
-                retry = {"attempts": tries, "last_error": error, "next_attempt_at": (now + wait).isoformat()}
+                retry = {"attempts": tries, "last_error": error, "next_attempt_at": utc_iso((now + wait).timestamp())}
                 _write_atomic(event.path, event.record() | retry)
         return DeliveryReport(tuple(delivered), tuple(list_pending()), tuple(errors))
 
