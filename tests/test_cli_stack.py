@@ -182,3 +182,34 @@ def test_status_of_an_unknown_stack_is_one_line(engine, capsys):
     assert code == 4 and err.strip() == (
         "fedi: stack 'nothing-example-org' does not exist in the state backend (see `fedi stacks`)"
     )
+
+
+def _local_stack(domain: str) -> None:
+    """A local stack as `fedi up --provider local` records it (its machine is not needed to be found)."""
+    from provision.spec import build_spec
+
+    spec = build_spec({"software": "lemmy", "size": "tiny", "domain": domain, "provider": "local"})
+    prov = LocalProvider()
+    prov.secrets(spec)
+    prov._store().update(spec.stack_name, **prov._spec_fields(spec))
+
+
+def test_a_local_stack_is_found_without_provider(engine, capsys):
+    _local_stack("lemmy.localhost")
+    code, data, err = _json(capsys, ["status", "--domain", "lemmy.localhost", "--no-health", "--json"])
+    assert code == 0, err
+    assert data["outputs"]["provider"] == "local" and data["outputs"]["domain"] == "lemmy.localhost"
+    assert engine.stack_names() == []  # asking Hetzner created nothing there
+
+
+def test_a_stack_in_both_providers_needs_provider(engine, capsys):
+    _provision(engine)
+    _local_stack("social.example.org")
+    code, _, err = _json(capsys, ["status", "--domain", "social.example.org", "--no-health"])
+    assert code == 2 and err.strip() == (
+        "fedi: stack: 'social-example-org' exists in local and hetzner (pass --provider local or --provider hetzner)"
+    )
+    code, data, _ = _json(
+        capsys, ["status", "--domain", "social.example.org", "--provider", "hetzner", "--no-health", "--json"]
+    )
+    assert code == 0 and data["outputs"]["provider"] == "hetzner"
