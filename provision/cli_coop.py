@@ -287,8 +287,8 @@ def _monthly_targets(
     if flags["software"] or flags["size"]:
         return [(spec_from(**flags, provider=provider), None, None)]
     if stack or flags["domain"] or config.get("domain"):
-        name, prov = resolve(stack, flags["domain"], provider, backend)
         try:
+            name, prov = resolve(stack, flags["domain"], provider, backend)
             outputs = prov.outputs(name)
         except (MissingPrerequisite, ProvisionError):
             if stack or not (config.get("software") and config.get("size")):
