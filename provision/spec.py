@@ -18,6 +18,7 @@ import idna
 
 from provision import names
 from provision.errors import ValidationError
+from provision.render import quote
 
 CONFIG_FILE = "fedi.toml"
 
@@ -45,22 +46,37 @@ LOCATIONS: dict[str, str] = {
 PROVIDERS = ("hetzner", "local")
 REGISTRATIONS = ("open", "approval", "closed")
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_USERNAME = re.compile(r"^[a-z0-9_]{1,30}$")
+# RFC 5322 addr-spec, dot-atom form (RFC 6532: UTF-8 allowed in the local part); no quoted local part.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_LOCAL_PART = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+_USERNAME = re.compile(r"[a-z0-9_]{1,30}")
+SMTP_SECURITY = ("starttls", "tls", "none")
 
 
 @dataclass(frozen=True)
 class SmtpSettings:
     """Outgoing mail. The password is never a flag (argv is visible to every user of the machine)."""
 
-    host: str  # SMTP server hostname
-    port: int  # 587 (STARTTLS) or 465 (implicit TLS)
-    user: str  # login name
-    from_address: str  # envelope and header From
+    host: str  # SMTP server: a hostname or an IP address, no port, no scheme
+    port: int  # 587 (STARTTLS), 465 (implicit TLS), 25, ...
+    user: str  # login name ('' when auth is False)
+    from_address: str  # envelope and header From (an addr-spec)
     password_env: str = "FEDI_SMTP_PASSWORD"  # environment variable that holds the password
+    security: str = "starttls"  # starttls | tls (implicit TLS, "SMTPS") | none
+    auth: bool = True  # False: the relay takes mail without a login (no user, no password)
 
     def password(self) -> str:
-        return os.environ.get(self.password_env, "")
+        """The password from the environment; an error naming the variable when it is needed and unset."""
+        if not self.auth:
+            return ""
+        value = os.environ.get(self.password_env, "")
+        path = f"smtp/password (${self.password_env})"
+        if not value:
+            raise ValidationError(
+                path, "is not set; export it, or set auth = false in [smtp] if the relay needs no login"
+            )
+        check_text(value, path)
+        return value
 
 
 @dataclass(frozen=True)
@@ -142,10 +158,80 @@ def validate_domain(value: Any, path: str = "domain") -> str:
     return ascii_host
 
 
+def check_text(value: str, path: str, formats: tuple[str, ...] = quote.APP_FORMATS) -> str:
+    """Any printable text: control characters are refused, naming the field (never showing a secret),
+    and so is a value one of the bundle's formats cannot carry (provision/render/quote.py)."""
+    check_control(value, path)
+    return quote.check_field(value, path, formats)
+
+
+def check_strings(node: Any, path: str) -> None:
+    """Every string anywhere in a parsed fedi.toml: no control characters (with the key's path)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_strings(value, f"{path}/{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        bad = quote.control_characters(node)
+        if bad:
+            raise ValidationError(path, f"contains {quote.describe(bad)}; control characters are not allowed")
+
+
 def validate_email(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value):
-        raise ValidationError(path, f"{value!r} is not an e-mail address")
-    return value
+    """An RFC 5322 addr-spec (dot-atom local part, UTF-8 allowed; a domain name), taken exactly as given."""
+    if not isinstance(value, str) or "@" not in value:
+        raise ValidationError(path, f"{value!r} is not an e-mail address such as admin@example.org")
+    check_control(value, path)
+    local, _, domain = value.rpartition("@")
+    if local.startswith('"'):
+        raise ValidationError(path, f"{value!r}: a quoted local part is not supported; use a plain address")
+    if not _LOCAL_PART.fullmatch(local) or len(local.encode()) > 64:
+        raise ValidationError(path, f"{value!r} is not an e-mail address (the part before @ is not valid)")
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise ValidationError(path, f"{value!r} is not an e-mail address (the domain is not valid)") from None
+    if "." not in ascii_domain.strip(".") or domain != domain.strip(".") or len(ascii_domain) > 253:
+        raise ValidationError(path, f"{value!r} is not an e-mail address (the domain needs a dot)")
+    return check_text(value, path, (*quote.APP_FORMATS, "caddy"))  # the admin's is Caddy's ACME e-mail
+
+
+def check_control(value: str, path: str) -> None:
+    bad = quote.control_characters(value)
+    if bad:
+        raise ValidationError(path, f"contains {quote.describe(bad)}; control characters are not allowed")
+
+
+def validate_host(value: Any, path: str) -> str:
+    """A hostname or an IP address: no port, scheme, path or spaces (each refused with the fix)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(path, "is required: a hostname such as smtp.example.org")
+    check_control(value, path)
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        fix = 'use port = 465 and security = "tls"' if scheme == "smtps" else "give the bare hostname"
+        raise ValidationError(path, f"{value!r} has a scheme; {fix}")
+    try:
+        address = ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    else:
+        if address.version == 6:  # Lemmy splits smtp_server at ':'
+            raise ValidationError(path, f"{value!r} is an IPv6 address; give a hostname (or an IPv4 address)")
+        return str(address)
+    if value.count(":") == 1 or (value.startswith("[") and "]:" in value):
+        raise ValidationError(path, f"{value!r} has a port; use the port key (port = 587 or port = 465)")
+    if any(c.isspace() for c in value) or any(c in value for c in "/@?#[]:"):
+        raise ValidationError(path, f"{value!r} is not a hostname (spaces, /, @, ? and # are not allowed)")
+    try:
+        ascii_host = idna.encode(value.rstrip("."), uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise ValidationError(path, f"{value!r} is not a valid hostname ({exc})") from None
+    if len(ascii_host) > 253 or not all(re.fullmatch(r"[a-z0-9-]{1,63}", label) for label in ascii_host.split(".")):
+        raise ValidationError(path, f"{value!r} is not a valid hostname")
+    return value if value.isascii() else ascii_host  # an IDN is written in its ASCII (punycode) form
 
 
 def validate_cidr(value: Any, path: str) -> str:
@@ -160,24 +246,42 @@ def _smtp(raw: Any) -> SmtpSettings | None:
         return None
     if not isinstance(raw, dict):
         raise ValidationError("smtp", "must be a table with host, port, user and from")
-    allowed = {"host", "port", "user", "from", "password_env"}
+    allowed = {"host", "port", "user", "from", "password_env", "security", "auth"}
+    if "password" in raw:
+        raise ValidationError("smtp/password", "put the password in $FEDI_SMTP_PASSWORD, not in a file")
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValidationError(f"smtp/{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
-    if "password" in raw:
-        raise ValidationError("smtp/password", "put the password in $FEDI_SMTP_PASSWORD, not in a file")
-    for key in ("host", "user", "from"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ValidationError(f"smtp/{key}", "is required")
-    port = raw.get("port", 587)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ValidationError("smtp/port", f"{port!r} is not a port number")
+    auth = raw.get("auth", True)
+    if not isinstance(auth, bool):
+        raise ValidationError("smtp/auth", f"{auth!r} must be true or false")
+    security = raw.get("security")
+    if security is not None:
+        security = one_of("smtp/security", security, SMTP_SECURITY)
+    port = raw.get("port", 465 if security == "tls" else 587)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationError("smtp/port", f"{port!r} is not a port number (1-65535)")
+    security = security or ("tls" if port == 465 else "starttls")
+    host = validate_host(raw.get("host"), "smtp/host")
+    user = raw.get("user", "")
+    if not isinstance(user, str) or (auth and not user):
+        raise ValidationError("smtp/user", "is required (or set auth = false if the relay needs no login)")
+    if not auth and user:
+        raise ValidationError("smtp/user", "is set but auth = false; remove one of them")
+    check_text(user, "smtp/user")
+    if not isinstance(raw.get("from"), str) or not raw["from"]:
+        raise ValidationError("smtp/from", "is required: the sender address, such as social@example.org")
+    password_env = raw.get("password_env", "FEDI_SMTP_PASSWORD")
+    if not isinstance(password_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", password_env):
+        raise ValidationError("smtp/password_env", f"{password_env!r} is not an environment variable name")
     return SmtpSettings(
-        host=raw["host"],
+        host=host,
         port=port,
-        user=raw["user"],
+        user=user,
         from_address=validate_email(raw["from"], "smtp/from"),
-        password_env=str(raw.get("password_env", "FEDI_SMTP_PASSWORD")),
+        password_env=password_env,
+        security=security,
+        auth=auth,
     )
 
 
@@ -210,6 +314,7 @@ def load_config(directory: Path | None = None) -> dict[str, Any]:
     if unknown:
         known = ", ".join((*SPEC_KEYS, *SECTIONS))
         raise ValidationError(f"{CONFIG_FILE}: {unknown[0]}", f"unknown key (known: {known})")
+    check_strings(data, "")
     return data
 
 
@@ -218,6 +323,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     config = config or {}
     merged = {k: v for k, v in config.items() if k in SPEC_KEYS}
     merged.update({k: v for k, v in flags.items() if v is not None and k not in ("ephemeral", "ttl_hours")})
+    check_strings(merged, "")
 
     for key in ("software", "size", "domain"):
         if merged.get(key) in (None, ""):
@@ -230,7 +336,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     registrations = one_of("registrations", merged.get("registrations", "approval"), REGISTRATIONS)
     admin_email = validate_email(merged.get("admin_email") or f"admin@{domain}", "admin_email")
     admin_username = merged.get("admin_username", "admin")
-    if not isinstance(admin_username, str) or not _USERNAME.match(admin_username):
+    if not isinstance(admin_username, str) or not _USERNAME.fullmatch(admin_username):
         raise ValidationError("admin_username", f"{admin_username!r} must be 1-30 of a-z, 0-9 and _")
     ssh_allow = merged.get("ssh_allow", ())
     if isinstance(ssh_allow, str):

@@ -1,0 +1,524 @@
+"""Every value the user gives reaches the app exactly, or is refused at the door (issue 18).
+
+Rendered files are read back by the apps' real readers from Debian 13 (tests/readers.py: docker
+compose, Ruby dotenv, Symfony Dotenv and Mailer's DSN parser, Rust's deser_hjson), plus caddy adapt,
+ansible's YAML loader and the backup scripts' own env reader, and compared with what the user gave.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import IMAGE_DIR
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from render_cases import DOMAIN, STORAGE, read, tool
+
+from provision.bundle import render_bundle
+from provision.errors import UsageError, ValidationError
+from provision.model import ObjectStorage
+from provision.render import quote
+from provision.secrets import generate_secrets
+from provision.sizing import sizing
+from provision.spec import build_spec
+
+HOSTILE = [
+    "secret\\",
+    "DOMAIN\\",
+    "o'brien@example.org",
+    "ops$X@example.org",
+    "#",
+    "pass #word",
+    'it\'s "quoted"',
+    '"',
+    "'",
+    " leading and trailing ",
+    "a=b==",
+    "ünïcødé 😀 密码",
+    "$HOME ${HOME} $$",
+    "`id` $(id)",
+    "%kernel.project_dir%",
+    "{{ lookup('env', 'HOME') }}",
+    "back\\slash\\n",
+]
+# printable text: no control characters (those are refused), no surrogates
+PRINTABLE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=24)
+HYPOTHESIS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def readers():
+    """Debian 13's readers in a cached chroot (tests/readers.py), built on first use."""
+    import readers as readers_mod
+
+    if os.geteuid() != 0:
+        if _ci():
+            pytest.fail("the readers chroot needs root (scripts/test runs as root or with sudo)")
+        pytest.skip("the readers chroot needs root")
+    tool("debootstrap")
+    root = readers_mod.ensure(IMAGE_DIR, lambda line: print(line, flush=True))
+    return readers_mod.Readers(root)
+
+
+def _nothing_written(tmp_path: Path) -> bool:
+    return [p.name for p in tmp_path.iterdir() if p.name != "fedi"] == []  # fedi: the test's state dirs
+
+
+def _representable(value: str, *formats: str) -> bool:
+    try:
+        quote.check_field(value, "x", formats)
+    except ValidationError:
+        return False
+    return True
+
+
+# --- the writers, each against its reader ------------------------------------------------------
+
+
+def _dotenv_file(values: list[str]) -> tuple[str, dict[str, str]]:
+    want = {f"K{i}": v for i, v in enumerate(values)}
+    return "".join(f"{k}={quote.dotenv(v)}\n" for k, v in want.items()), want
+
+
+def _compose_env(readers, tmp_path: Path, env_text: str) -> dict[str, str]:
+    app = tmp_path / "app"
+    app.mkdir(exist_ok=True)
+    (app / ".env").write_text(env_text)
+    (app / "compose.yaml").write_text("name: t\nservices:\n  a:\n    image: busybox\n    env_file: .env\n")
+    return readers.compose(app)["a"]["environment"]
+
+
+def _check_dotenv(readers, tmp_path: Path, values: list[str]) -> None:
+    values = [v for v in values if _representable(v, "dotenv")]
+    text, want = _dotenv_file(values)
+    assert _compose_env(readers, tmp_path, text) == want
+    assert readers.ruby_dotenv(text) == want
+    assert readers.symfony_dotenv(text) == want
+
+
+def test_dotenv_hostile_values_read_back_by_compose_ruby_and_symfony(readers, tmp_path):
+    assert all(_representable(v, "dotenv") for v in HOSTILE[:-1])
+    _check_dotenv(readers, tmp_path, HOSTILE)
+
+
+@HYPOTHESIS
+@given(st.lists(PRINTABLE, min_size=1, max_size=40))
+def test_dotenv_any_printable_values(readers, tmp_path, values):
+    _check_dotenv(readers, tmp_path, values)
+
+
+@pytest.mark.parametrize("value", ["it's\\n", "'\\\"", "x'$(id", "a\\r'"])
+def test_dotenv_refuses_only_what_a_reader_would_misread(readers, tmp_path, value):
+    """The refused values: their plain double-quoted form is misread by at least one reader."""
+    with pytest.raises(quote.Unrepresentable):
+        quote.dotenv(value)
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    text = f'K="{escaped}"\n'
+    read = []
+    for reader in (lambda: _compose_env(readers, tmp_path, text), lambda: readers.ruby_dotenv(text)):
+        read.append(reader().get("K"))
+    try:
+        read.append(readers.symfony_dotenv(text).get("K"))
+    except Exception:  # noqa: BLE001 - Symfony refusing the file is a misreading too
+        read.append(None)
+    assert any(got != value for got in read)
+
+
+@HYPOTHESIS
+@given(st.lists(PRINTABLE, min_size=1, max_size=40))
+def test_hjson_any_printable_values(readers, values):
+    doc = "{\n" + "".join(f"  k{i}: {quote.hjson(v)}\n" for i, v in enumerate(values)) + "}\n"
+    assert readers.hjson(doc) == {f"k{i}": v for i, v in enumerate(values)}
+
+
+@HYPOTHESIS
+@given(PRINTABLE, PRINTABLE)
+def test_url_part_read_back_by_symfony_mailer_dsn(readers, user, password):
+    dsn = f"smtp://{quote.url_part(user)}:{quote.url_part(password)}@smtp.example.org:587"
+    got = readers.symfony_mailer_dsn(dsn)
+    assert got == {"scheme": "smtp", "host": "smtp.example.org", "user": user, "password": password, "port": 587}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(PRINTABLE, min_size=1, max_size=10))
+def test_yaml_any_printable_values_read_by_ansible(values):
+    from ansible.parsing.yaml.loader import AnsibleLoader
+
+    doc = "".join(f"k{i}: {quote.yaml(v)}\n" for i, v in enumerate(values))
+    loaded = AnsibleLoader(doc).get_single_data()
+    assert {k: str(v) for k, v in loaded.items()} == {f"k{i}": v for i, v in enumerate(values)}
+
+
+def test_yaml_marks_jinja_unsafe_so_ansible_never_templates_it(tmp_path):
+    value = "{{ 7 * 6 }}@example.org"
+    (tmp_path / "vars.yml").write_text(f"v: {quote.yaml(value)}\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m", "debug", "-a", "var=v"]
+        + ["-e", f"@{tmp_path / 'vars.yml'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.dumps(value) in result.stdout and "42" not in result.stdout
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(PRINTABLE, min_size=1, max_size=10))
+def test_compose_strings_survive_interpolation(values):
+    """compose.yaml strings: $ is doubled; compose-go's interpolation (the spec's `$$`) undoes it."""
+    import yaml as pyyaml
+
+    for v in values:
+        loaded = pyyaml.safe_load(f"v: {quote.compose(v)}\n")["v"]
+        assert loaded.replace("$$", "$") == v
+
+
+def test_envfile_read_by_the_backup_scripts_and_python(tmp_path):
+    from test_backup_scripts import bash_read_env
+
+    from provision.backup import parse_env
+
+    spec = build_spec({"software": "lemmy", "size": "tiny", "domain": DOMAIN})
+    bundle = render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    values = {f"K{i}": v for i, v in enumerate(HOSTILE)}
+    env_file = tmp_path / "restic.env"
+    env_file.write_text("".join(f"{k}={quote.envfile(v)}\n" for k, v in values.items()))
+    assert parse_env(env_file.read_text()) == values
+    assert bash_read_env(bundle.path("backup-script"), env_file) == values
+
+
+def _caddy_email(path: Path, home: Path) -> str:
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "d"), "XDG_CONFIG_HOME": str(home / "c")}
+    result = subprocess.run(
+        [tool("caddy"), "adapt", "--adapter", "caddyfile", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    conf = json.loads(result.stdout)
+    (policy,) = conf["apps"]["tls"]["automation"]["policies"]
+    (issuer,) = {json.dumps(i.get("email")) for i in policy["issuers"]}
+    return json.loads(issuer)
+
+
+# --- whole bundles, every user field x every app ----------------------------------------------
+
+SOFTWARE = ("mastodon", "lemmy", "kbin")
+
+
+def _render(tmp_path: Path, software: str, smtp: dict, password: str | None, monkeypatch, **flags):
+    if password is None:
+        monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("FEDI_SMTP_PASSWORD", password)
+    storage = flags.pop("storage", None)
+    spec = build_spec({"software": software, "size": "tiny", "domain": DOMAIN, **flags}, {"smtp": smtp})
+    out = tmp_path / f"b-{software}"
+    return render_bundle(spec, sizing(spec), _secrets(software), storage, out)
+
+
+@cache
+def _secrets(software: str) -> dict[str, str]:
+    """Generated once per app (mbin's 4096-bit OAuth key takes seconds); rendering never changes them."""
+    return generate_secrets(build_spec({"software": software, "size": "tiny", "domain": DOMAIN}))
+
+
+def _mail_as_read(readers, tmp_path: Path, software: str, bundle) -> dict:
+    """What the app reads: host, port, user, password, from, admin e-mail, S3 keys (where it has them)."""
+    text = read(bundle, "app-config")
+    if software == "lemmy":
+        conf = readers.hjson(text)
+        email = conf["email"]
+        host, _, port = email["smtp_server"].rpartition(":")
+        return {
+            "host": host,
+            "port": int(port),
+            "user": email.get("smtp_login"),
+            "password": email.get("smtp_password"),
+            "from": email["smtp_from_address"],
+            "admin": conf["setup"]["admin_email"],
+            "security": email["tls_type"],
+        }
+    compose_env = next(iter(readers.compose(bundle.root / "app").values()))["environment"]
+    own = readers.ruby_dotenv(text) if software == "mastodon" else readers.symfony_dotenv(text)
+    for key, value in own.items():  # compose and the app's own reader agree on every key
+        assert compose_env.get(key) == value, key
+    if software == "mastodon":
+        return {
+            "host": own["SMTP_SERVER"],
+            "port": int(own["SMTP_PORT"]),
+            "user": own.get("SMTP_LOGIN"),
+            "password": own.get("SMTP_PASSWORD"),
+            "from": own["SMTP_FROM_ADDRESS"],
+            "s3": (own.get("AWS_ACCESS_KEY_ID"), own.get("AWS_SECRET_ACCESS_KEY")),
+            "security": "tls"
+            if own["SMTP_TLS"] == "true"
+            else ("starttls" if own["SMTP_ENABLE_STARTTLS"] == "always" else "none"),
+        }
+    dsn = readers.symfony_mailer_dsn(own["MAILER_DSN"])
+    query = urlsplit(own["MAILER_DSN"]).query
+    return {
+        "host": dsn["host"],
+        "port": dsn["port"],
+        "user": dsn["user"],
+        "password": dsn["password"],
+        "from": own["KBIN_SENDER_EMAIL"],
+        "admin": own["KBIN_CONTACT_EMAIL"],
+        "s3": (own["S3_KEY"], own["S3_SECRET"]),
+        "security": "tls" if dsn["scheme"] == "smtps" else ("none" if "auto_tls=false" in query else "starttls"),
+    }
+
+
+def _expected(software: str, smtp: dict, password: str, admin: str, storage: ObjectStorage | None) -> dict:
+    want = {
+        "host": smtp["host"],
+        "port": smtp.get("port", 587),
+        "user": smtp.get("user"),
+        "password": password,
+        "from": smtp["from"],
+        "security": smtp.get("security", "starttls"),
+    }
+    if software != "mastodon":
+        want["admin"] = admin
+    if software != "lemmy" and storage is not None:
+        want["s3"] = (storage.access_key, storage.secret_key)
+    return want
+
+
+def _round_trip(readers, tmp_path, monkeypatch, software, *, user, password, sender, admin, s3=("AK", "SK")):
+    smtp = {"host": "smtp.example.org", "port": 587, "user": user, "from": sender}
+    storage = ObjectStorage(**{**STORAGE.__dict__, "access_key": s3[0], "secret_key": s3[1]})
+    bundle = _render(tmp_path, software, smtp, password, monkeypatch, admin_email=admin, storage=storage)
+    got = _mail_as_read(readers, tmp_path, software, bundle)
+    assert got == _expected(software, smtp, password, admin, storage)
+    from ansible.parsing.yaml.loader import AnsibleLoader
+
+    ansible_vars = AnsibleLoader(read(bundle, "ansible-vars")).get_single_data()
+    assert str(ansible_vars["fedi_admin_email"]) == admin
+    return bundle
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+@pytest.mark.parametrize("value", HOSTILE[:-1])
+def test_hostile_secret_values_reach_every_app_exactly(readers, tmp_path, monkeypatch, software, value):
+    """The SMTP password and user and the S3 keys: any printable value, read back exactly."""
+    _round_trip(
+        readers,
+        tmp_path,
+        monkeypatch,
+        software,
+        user=value,
+        password=value,
+        sender="social@example.org",
+        admin="admin@example.org",
+        s3=(value, value),
+    )
+
+
+ADDRESSES = ["o'brien@example.org", "ops$X@example.org", "a#b@example.org", "ünï@exämple.org", "x=y+z@example.org"]
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_hostile_addresses_reach_every_app_exactly(readers, tmp_path, monkeypatch, software, address):
+    bundle = _round_trip(
+        readers, tmp_path, monkeypatch, software, user="u", password="p", sender=address, admin=address
+    )
+    assert _caddy_email(bundle.path("proxy"), tmp_path / "home") == address
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=PRINTABLE, password=PRINTABLE, software=st.sampled_from(SOFTWARE))
+def test_any_printable_user_and_password_reach_the_app_or_are_refused(
+    readers, tmp_path_factory, software, user, password
+):
+    tmp_path = tmp_path_factory.mktemp("prop")
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            _round_trip(
+                readers,
+                tmp_path,
+                mp,
+                software,
+                user=user,
+                password=password,
+                sender="s@example.org",
+                admin="a@example.org",
+                s3=(user, password),
+            )
+        except ValidationError as exc:
+            assert exc.path.startswith(("smtp/", "storage/")), exc.path
+            assert "\n" not in str(exc)
+            assert not (tmp_path / f"b-{software}").exists()
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+@pytest.mark.parametrize("security", ["starttls", "tls", "none"])
+def test_smtp_security_is_expressed_by_every_app(readers, tmp_path, monkeypatch, software, security):
+    smtp = {"host": "smtp.example.org", "port": 2525, "user": "u", "from": "s@example.org", "security": security}
+    bundle = _render(tmp_path, software, smtp, "pw", monkeypatch)
+    got = _mail_as_read(readers, tmp_path, software, bundle)
+    assert (got["security"], got["port"]) == (security, 2525)
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+def test_a_relay_without_login_needs_no_password(readers, tmp_path, monkeypatch, software):
+    smtp = {"host": "relay.example.org", "port": 25, "from": "s@example.org", "auth": False, "security": "none"}
+    bundle = _render(tmp_path, software, smtp, None, monkeypatch)
+    got = _mail_as_read(readers, tmp_path, software, bundle)
+    assert got["user"] in (None, "") and got["password"] in (None, "")
+    assert got["host"] == "relay.example.org"
+
+
+# --- named regressions of issue 18 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+def test_regression_password_ending_in_a_backslash(readers, tmp_path, monkeypatch, software):
+    _round_trip(
+        readers,
+        tmp_path,
+        monkeypatch,
+        software,
+        user="DOMAIN\\",
+        password="secret\\",
+        sender="s@example.org",
+        admin="a@example.org",
+    )
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+def test_regression_smtp_without_password_is_refused_and_writes_nothing(tmp_path, monkeypatch, software):
+    smtp = {"host": "smtp.example.org", "user": "u", "from": "s@example.org"}
+    with pytest.raises(ValidationError, match=r"^smtp/password \(\$FEDI_SMTP_PASSWORD\): is not set") as info:
+        _render(tmp_path, software, smtp, None, monkeypatch)
+    assert info.value.exit_code == 2
+    assert not (tmp_path / f"b-{software}").exists() and _nothing_written(tmp_path)
+
+
+def test_regression_smtp_without_password_via_the_cli(tmp_path, monkeypatch):
+    from provision.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
+    (tmp_path / "fedi.toml").write_text('[smtp]\nhost = "smtp.example.org"\nuser = "u"\nfrom = "s@example.org"\n')
+    rc = main(["render", "--software", "lemmy", "--size", "tiny", "--domain", DOMAIN, "--out", str(tmp_path / "o")])
+    assert rc == 2 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("software", ["kbin"])
+def test_regression_mbin_apostrophe_and_dollar_in_addresses(readers, tmp_path, monkeypatch, software):
+    _round_trip(
+        readers,
+        tmp_path,
+        monkeypatch,
+        software,
+        user="u",
+        password="p",
+        sender="o'brien@example.org",
+        admin="ops$X@example.org",
+        s3=("A$K", "S'K"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "hint"),
+    [
+        ("smtp.example.org:587", "use the port key"),
+        ("smtps://smtp.example.org", 'use port = 465 and security = "tls"'),
+        ("smtp.example.org extra", "not a hostname"),
+        ("smtp.example.org/", "not a hostname"),
+        ("[2001:db8::1]:25", "port"),
+        ("2001:db8::1", "IPv6"),
+        ("smtp.example.org\n", "newline"),
+    ],
+)
+def test_regression_smtp_host_is_a_hostname(host, hint):
+    with pytest.raises(ValidationError, match="^smtp/host: ") as info:
+        build_spec(
+            {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
+            {"smtp": {"host": host, "user": "u", "from": "s@example.org"}},
+        )
+    assert hint in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["smtp.example.org", "mail", "192.0.2.25", "SMTP.Example.ORG"])
+def test_smtp_hosts_accepted_as_given(host):
+    spec = build_spec(
+        {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
+        {"smtp": {"host": host, "user": "u", "from": "s@example.org"}},
+    )
+    assert spec.smtp.host == host
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+@pytest.mark.parametrize("bad", ["\n", "\r", "\x00", "\t", "\x7f", "\u2028"])
+@pytest.mark.parametrize("field", ["password", "user", "from", "admin_email", "s3"])
+def test_regression_control_characters_refused_for_every_app(tmp_path, monkeypatch, software, bad, field):
+    smtp = {"host": "smtp.example.org", "user": "u", "from": "s@example.org"}
+    password, flags = "pw", {}
+    storage = STORAGE
+    if field == "password":
+        if bad == "\x00":
+            pytest.skip("an environment variable cannot hold a NUL byte")
+        password = f"secret{bad}"
+    elif field in ("user", "from"):
+        smtp[field] = f"x{bad}@example.org" if field == "from" else f"x{bad}"
+    elif field == "admin_email":
+        flags["admin_email"] = f"a@example.org{bad}"
+    else:
+        storage = ObjectStorage(**{**STORAGE.__dict__, "secret_key": f"s{bad}"})
+    path = {"password": "smtp/password", "user": "smtp/user", "from": "smtp/from", "admin_email": "admin_email"}
+    with pytest.raises(ValidationError) as info:
+        _render(tmp_path, software, smtp, password, monkeypatch, storage=storage, **flags)
+    assert info.value.path.startswith(path.get(field, "storage/secret_key"))
+    assert "control character" in str(info.value) or "newline" in str(info.value) or "carriage" in str(info.value)
+    assert bad not in str(info.value) and _nothing_written(tmp_path)
+
+
+def test_regression_control_characters_in_fedi_toml_name_the_key(tmp_path):
+    from provision.spec import load_config
+
+    (tmp_path / "fedi.toml").write_text('domain = "social.example.org"\n[hooks]\nurls = ["https://x.example/\\r"]\n')
+    with pytest.raises(ValidationError, match=r"^hooks/urls\[0\]: contains a carriage return"):
+        load_config(tmp_path)
+
+
+def test_regression_admin_email_with_a_trailing_newline(tmp_path):
+    with pytest.raises(ValidationError, match="^admin_email: contains a newline"):
+        build_spec({"software": "lemmy", "size": "tiny", "domain": DOMAIN, "admin_email": "a@example.org\n"})
+
+
+def test_regression_same_value_same_answer_for_every_app(tmp_path, monkeypatch):
+    """An apostrophe in the password, user and sender is accepted by all three apps alike."""
+    for software in SOFTWARE:
+        smtp = {"host": "smtp.example.org", "user": "o'neil", "from": "o'brien@example.org"}
+        _render(tmp_path, software, smtp, "it's-secret", monkeypatch)
+
+
+def test_refusals_name_the_field_not_the_password(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDI_SMTP_PASSWORD", "it's\\nsecret")  # ' and a backslash-n: no dotenv form
+    spec = build_spec(
+        {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
+        {"smtp": {"host": "h.example", "user": "u", "from": "s@example.org"}},
+    )
+    with pytest.raises(UsageError) as info:
+        render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
+    assert str(info.value).startswith("smtp/password ($FEDI_SMTP_PASSWORD): cannot be used")
+    assert "secret" not in str(info.value).split(":", 1)[1].replace("secrets", "")
+    assert not (tmp_path / "b").exists()
