@@ -522,3 +522,34 @@ def test_refusals_name_the_field_not_the_password(monkeypatch, tmp_path):
     assert str(info.value).startswith("smtp/password ($FEDI_SMTP_PASSWORD): cannot be used")
     assert "secret" not in str(info.value).split(":", 1)[1].replace("secrets", "")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dues", "nan"),
+        ("extra_share", "nan"),
+        ("reserve_balance", "inf"),
+        ("extra_amount", "-inf"),
+        ("reserve_months", "inf"),
+    ],
+)
+def test_regression_coop_nan_and_inf_are_refused_with_the_key(key, value):
+    import tomllib
+
+    from provision.dues import parse_coop
+
+    raw = {"dues": 5, "members": 10, **tomllib.loads(f"{key} = {value}")}
+    with pytest.raises(ValidationError, match=rf"^coop/{key}: .* must be a finite number$"):
+        parse_coop(raw)
+
+
+def test_regression_coop_nan_through_the_cli_is_exit_2(tmp_path, monkeypatch, capsys):
+    from provision.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fedi.toml").write_text(
+        'software = "lemmy"\nsize = "tiny"\ndomain = "social.example.org"\n[coop]\ndues = nan\nmembers = 10\n'
+    )
+    assert main(["coop", "dues"]) == 2
+    assert "coop/dues" in capsys.readouterr().err
