@@ -323,6 +323,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     config = config or {}
     merged = {k: v for k, v in config.items() if k in SPEC_KEYS}
     merged.update({k: v for k, v in flags.items() if v is not None and k not in ("ephemeral", "ttl_hours")})
+    check_strings(config, "")
     check_strings(merged, "")
 
     for key in ("software", "size", "domain"):

@@ -21,7 +21,10 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+
+import pytest
 
 FORMAT = 1
 PACKAGES = ("docker-compose", "ruby-dotenv", "php-cli", "php-symfony-dotenv", "php-symfony-mailer")
@@ -141,6 +144,25 @@ def ensure(directory: Path, progress: Callable[[str], None]) -> Path:
         if out.is_dir():
             return out
         return build(out, progress)
+
+
+def debian_readers() -> Readers:
+    """Debian 13's readers in the cached chroot, built on first use (needs root and debootstrap).
+    Call it from a test fixture: it skips (fails under CI=true) where the chroot cannot be built."""
+    from conftest import IMAGE_DIR
+    from render_cases import tool
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("the readers chroot needs root (scripts/test runs as root or with sudo)")
+        pytest.skip("the readers chroot needs root")
+    tool("debootstrap")  # skips on a developer machine without it, fails under CI
+    return _readers(IMAGE_DIR)
+
+
+@cache
+def _readers(directory: Path) -> Readers:
+    return Readers(ensure(directory, lambda line: print(line, flush=True)))
 
 
 class Readers:
