@@ -179,7 +179,7 @@ def check_strings(node: Any, path: str) -> None:
             raise ValidationError(path, f"contains {quote.describe(bad)}; control characters are not allowed")
 
 
-def validate_email(value: Any, path: str) -> str:
+def validate_email(value: Any, path: str, formats: tuple[str, ...] = quote.APP_FORMATS) -> str:
     """An RFC 5322 addr-spec (dot-atom local part, UTF-8 allowed; a domain name), taken exactly as given."""
     if not isinstance(value, str) or "@" not in value:
         raise ValidationError(path, f"{value!r} is not an e-mail address such as admin@example.org")
@@ -195,7 +195,7 @@ def validate_email(value: Any, path: str) -> str:
         raise ValidationError(path, f"{value!r} is not an e-mail address (the domain is not valid)") from None
     if "." not in ascii_domain.strip(".") or domain != domain.strip(".") or len(ascii_domain) > 253:
         raise ValidationError(path, f"{value!r} is not an e-mail address (the domain needs a dot)")
-    return check_text(value, path, (*quote.APP_FORMATS, "caddy"))  # the admin's is Caddy's ACME e-mail
+    return check_text(value, path, formats)
 
 
 def check_control(value: str, path: str) -> None:
@@ -335,7 +335,10 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     location = one_of("location", merged.get("location", "fsn1"), tuple(LOCATIONS))
     provider = one_of("provider", merged.get("provider", "hetzner"), PROVIDERS)
     registrations = one_of("registrations", merged.get("registrations", "approval"), REGISTRATIONS)
-    admin_email = validate_email(merged.get("admin_email") or f"admin@{domain}", "admin_email")
+    # the admin's address is also Caddy's ACME contact e-mail
+    admin_email = validate_email(
+        merged.get("admin_email") or f"admin@{domain}", "admin_email", (*quote.APP_FORMATS, "caddy")
+    )
     admin_username = merged.get("admin_username", "admin")
     if not isinstance(admin_username, str) or not _USERNAME.fullmatch(admin_username):
         raise ValidationError("admin_username", f"{admin_username!r} must be 1-30 of a-z, 0-9 and _")

@@ -571,5 +571,16 @@ def test_any_address_reaches_the_app_exactly(readers, tmp_path_factory, local, s
     with pytest.MonkeyPatch.context() as mp:
         try:
             _round_trip(readers, tmp_path, mp, software, user="u", password="p", sender=address, admin=address)
-        except ValidationError as exc:  # only Caddy's {$ placeholder can refuse an address
-            assert "{$" in address and exc.path == "admin_email", exc
+        except ValidationError as exc:  # only Caddy's placeholders refuse an address: the admin's
+            assert ("{" in address or "}" in address) and exc.path == "admin_email", exc
+
+
+@pytest.mark.parametrize("address", ["{env.HOME}@example.org", "{$HOME}@example.org", "a}@example.org"])
+def test_admin_address_with_caddy_placeholders_is_refused(address):
+    with pytest.raises(ValidationError, match="^admin_email: cannot be used: .*placeholder"):
+        build_spec({"software": "lemmy", "size": "tiny", "domain": DOMAIN, "admin_email": address})
+    # the sender never reaches Caddy: accepted
+    build_spec(
+        {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
+        {"smtp": {"host": "h.example", "auth": False, "from": address}},
+    )

@@ -19,8 +19,9 @@ files back with Debian 13's real readers):
 - ``yaml``: ansible-vars.yml and compose files (PyYAML/ansible): a JSON string, YAML's line breaks
   escaped; ``!unsafe`` when it holds Jinja markers, so ansible never templates a user's value.
 - ``compose``: a value in compose.yaml: ``$`` doubled (compose interpolation), then ``yaml``.
-- ``caddy``: a Caddyfile token: bare, `backquoted` or "double-quoted"; ``{$`` (Caddy's environment
-  placeholders, replaced before parsing) is refused.
+- ``caddy``: a Caddyfile token: bare, `backquoted` or "double-quoted"; ``{`` and ``}`` are refused
+  (Caddy replaces ``{$VAR}`` before parsing, and expands ``{env.X}`` in the ACME e-mail, refusing an
+  unknown ``{x}``).
 - ``systemd``: a unit setting's value: ``%`` doubled (specifiers); no trailing backslash.
 - ``valkey``: an argument in Valkey's configuration file (sdssplitargs).
 - ``envfile``: restic.env, KEY="value" lines that fedi-backup's load_env and provision.backup read
@@ -136,8 +137,8 @@ _CADDY_BARE = re.compile(r"[A-Za-z0-9_.:/@+,=*-]+")
 def caddy(value: Any) -> str:
     """One Caddyfile token."""
     text = _text(value)
-    if "{$" in text:
-        raise Unrepresentable("it contains {$, which Caddy replaces with an environment variable")
+    if "{" in text or "}" in text:  # {$VAR} is replaced before parsing; {env.X} and {x} when the ACME email is used
+        raise Unrepresentable("it contains { or }, which Caddy reads as a placeholder")
     if _CADDY_BARE.fullmatch(text):
         return text
     if "`" not in text:
