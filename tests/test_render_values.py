@@ -584,3 +584,19 @@ def test_admin_address_with_caddy_placeholders_is_refused(address):
         {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
         {"smtp": {"host": "h.example", "auth": False, "from": address}},
     )
+
+
+@pytest.mark.parametrize("software", SOFTWARE)
+def test_the_log_redactor_finds_quoted_secrets_and_reads_unsafe_vars(tmp_path, monkeypatch, software):
+    """fedi up reads the bundle back to redact its secrets from the playbook log: escaped values and
+    ansible's !unsafe strings included (an admin e-mail with % is written !unsafe)."""
+    from provision.remote.configure import secret_values
+
+    password = 'o\'brien "$X" secret\\'
+    smtp = {"host": "smtp.example.org", "user": "u", "from": "s@example.org"}
+    bundle = _render(tmp_path, software, smtp, password, monkeypatch, admin_email="a%b@example.org")
+    assert "!unsafe" in read(bundle, "ansible-vars")
+    found = secret_values(bundle)
+    assert password in found  # mbin: from MAILER_DSN, decoded
+    assert software != "kbin" or quote.url_part(password) in found  # and as written there
+    assert _secrets(software)["db_password"] in found

@@ -93,6 +93,27 @@ def dotenv(value: Any) -> str:
     return f'"{escaped}"'
 
 
+def read_dotenv(raw: str) -> str:
+    """The value a line's ``raw`` right-hand side holds, for the forms ``dotenv`` writes (fedi's own
+    use: finding secrets in a rendered file to redact them; the apps use their own readers)."""
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1]
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    return raw
+
+
+def yaml_loader() -> Any:
+    """PyYAML's SafeLoader that also reads ``!unsafe`` strings (as ansible does, minus the marking)."""
+    import yaml as pyyaml
+
+    class Loader(pyyaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+    return Loader
+
+
 def _json_string(text: str) -> str:
     out = json.dumps(text, ensure_ascii=False)
     for ch in sorted(_BREAKS | {"\ufeff"}):
