@@ -600,3 +600,11 @@ def test_the_log_redactor_finds_quoted_secrets_and_reads_unsafe_vars(tmp_path, m
     assert password in found  # mbin: from MAILER_DSN, decoded
     assert software != "kbin" or quote.url_part(password) in found  # and as written there
     assert _secrets(software)["db_password"] in found
+
+
+def test_backup_env_written_by_fedi_keeps_quote_shaped_values(tmp_path):
+    """`fedi backup env` writes with the same envfile writer: a key that looks quoted survives."""
+    from provision.backup import parse_env, render_env
+
+    values = {"AWS_SECRET_ACCESS_KEY": "'quoted'", "RESTIC_PASSWORD": '"both"', "AWS_ACCESS_KEY_ID": "x\\"}
+    assert parse_env(render_env(values)) == values
