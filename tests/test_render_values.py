@@ -608,3 +608,20 @@ def test_backup_env_written_by_fedi_keeps_quote_shaped_values(tmp_path):
 
     values = {"AWS_SECRET_ACCESS_KEY": "'quoted'", "RESTIC_PASSWORD": '"both"', "AWS_ACCESS_KEY_ID": "x\\"}
     assert parse_env(render_env(values)) == values
+
+
+def test_regression_up_refuses_smtp_without_password_before_touching_the_provider(monkeypatch):
+    from provision import lifecycle
+
+    monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
+    spec = build_spec(
+        {"software": "lemmy", "size": "tiny", "domain": DOMAIN},
+        {"smtp": {"host": "smtp.example.org", "user": "u", "from": "s@example.org"}},
+    )
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"up touched the provider ({name}) before refusing")
+
+    with pytest.raises(ValidationError, match=r"^smtp/password"):
+        lifecycle.up(spec, Untouchable(), lambda _line: None)
