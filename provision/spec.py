@@ -184,6 +184,8 @@ def validate_email(value: Any, path: str, formats: tuple[str, ...] = quote.APP_F
     if not isinstance(value, str) or "@" not in value:
         raise ValidationError(path, f"{value!r} is not an e-mail address such as admin@example.org")
     check_control(value, path)
+    if "<" in value or ">" in value:  # mbin always names the sender itself (its domain)
+        raise ValidationError(path, f"{value!r}: give the address only, without a display name or <>")
     local, _, domain = value.rpartition("@")
     if local.startswith('"'):
         raise ValidationError(path, f"{value!r}: a quoted local part is not supported; use a plain address")

@@ -77,7 +77,7 @@ cd /
 rm -rf /opt/hjson-read /root/.cargo
 apt-get purge -y -qq --auto-remove {" ".join(BUILD_PACKAGES)} rustc >/dev/null
 apt-get clean
-rm -rf /var/lib/apt/lists/*
+rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/locale/*
 """
 
 

@@ -625,3 +625,23 @@ def test_regression_up_refuses_smtp_without_password_before_touching_the_provide
 
     with pytest.raises(ValidationError, match=r"^smtp/password"):
         lifecycle.up(spec, Untouchable(), lambda _line: None)
+
+
+@pytest.mark.parametrize(
+    ("address", "hint"),
+    [
+        ("Social <social@example.org>", "without a display name"),
+        ('"john doe"@example.org', "quoted local part"),
+        ("john doe@example.org", "part before @"),
+        ("social@example", "needs a dot"),
+        ("social@@example.org", "part before @"),
+        ("social", "such as admin@example.org"),
+    ],
+)
+def test_sender_address_forms(address, hint):
+    with pytest.raises(ValidationError, match="^smtp/from: ") as info:
+        build_spec(
+            {"software": "mastodon", "size": "tiny", "domain": DOMAIN},
+            {"smtp": {"host": "h.example", "auth": False, "from": address}},
+        )
+    assert hint in str(info.value)
