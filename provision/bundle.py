@@ -120,7 +120,7 @@ def _check_storage(storage: ObjectStorage | None) -> None:
     for field in ("media_bucket", "backups_bucket", "region", "access_key", "secret_key"):
         if not getattr(storage, field):
             raise ValidationError(f"storage/{field}", "is required")
-    from provision.spec import check_text
+    from provision.fields import check_text
 
     # the keys come from $FEDI_S3_ACCESS_KEY / $FEDI_S3_SECRET_KEY: checked like every user value
     for field, env in (("access_key", "FEDI_S3_ACCESS_KEY"), ("secret_key", "FEDI_S3_SECRET_KEY")):
