@@ -645,3 +645,22 @@ def test_sender_address_forms(address, hint):
             {"smtp": {"host": "h.example", "auth": False, "from": address}},
         )
     assert hint in str(info.value)
+
+
+LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    labels=st.lists(LABEL, min_size=1, max_size=4),
+    port=st.integers(1, 65535),
+    security=st.sampled_from(["starttls", "tls", "none"]),
+    software=st.sampled_from(SOFTWARE),
+)
+def test_any_smtp_host_and_port_reach_the_app_exactly(readers, tmp_path_factory, labels, port, security, software):
+    host = ".".join(labels)
+    smtp = {"host": host, "port": port, "user": "u", "from": "s@example.org", "security": security}
+    with pytest.MonkeyPatch.context() as mp:
+        bundle = _render(tmp_path_factory.mktemp("host"), software, smtp, "pw", mp)
+    got = _mail_as_read(readers, tmp_path_factory.mktemp("read"), software, bundle)
+    assert (got["host"], got["port"], got["security"]) == (host, port, security)
