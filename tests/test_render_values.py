@@ -231,6 +231,7 @@ def _mail_as_read(readers, tmp_path: Path, software: str, bundle) -> dict:
     if software == "lemmy":
         conf = readers.hjson(text)
         email = conf["email"]
+        pictrs = readers.compose(bundle.root / "app")["pictrs"]["environment"]
         host, _, port = email["smtp_server"].rpartition(":")
         return {
             "host": host,
@@ -240,6 +241,7 @@ def _mail_as_read(readers, tmp_path: Path, software: str, bundle) -> dict:
             "from": email["smtp_from_address"],
             "admin": conf["setup"]["admin_email"],
             "security": email["tls_type"],
+            "s3": (pictrs.get("PICTRS__STORE__ACCESS_KEY"), pictrs.get("PICTRS__STORE__SECRET_KEY")),
         }
     compose_env = next(iter(readers.compose(bundle.root / "app").values()))["environment"]
     own = readers.ruby_dotenv(text) if software == "mastodon" else readers.symfony_dotenv(text)
@@ -282,7 +284,7 @@ def _expected(software: str, smtp: dict, password: str, admin: str, storage: Obj
     }
     if software != "mastodon":
         want["admin"] = admin
-    if software != "lemmy" and storage is not None:
+    if storage is not None:
         want["s3"] = (storage.access_key, storage.secret_key)
     return want
 
@@ -297,6 +299,10 @@ def _round_trip(readers, tmp_path, monkeypatch, software, *, user, password, sen
 
     ansible_vars = AnsibleLoader(read(bundle, "ansible-vars")).get_single_data()
     assert str(ansible_vars["fedi_admin_email"]) == admin
+    from provision.backup import parse_env
+
+    restic = parse_env(read(bundle, "backup-env"))  # what fedi-backup's load_env reads, too
+    assert (restic["AWS_ACCESS_KEY_ID"], restic["AWS_SECRET_ACCESS_KEY"]) == s3
     return bundle
 
 
