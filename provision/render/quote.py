@@ -72,7 +72,7 @@ def _text(value: Any) -> str:
 
 
 # Characters every dotenv reader (compose, Ruby dotenv, Symfony Dotenv) takes literally in a bare value.
-_BARE = re.compile(r"[A-Za-z0-9_.:/@+,=-]+")
+_BARE = re.compile(r"[A-Za-z0-9_.:/@%+,=-]+")
 
 
 def dotenv(value: Any) -> str:
