@@ -276,7 +276,7 @@ def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
     started = time.monotonic()
     if spec.smtp:
-        spec.smtp.password()  # [smtp] without its password: refused before anything is created
+        spec.smtp.password()  # the re-rendered bundle needs it: refused before the server changes
     provider.preflight(spec)
     current = provider.outputs(spec.stack_name)
     old_size = current.extra.get("size") or spec.size

@@ -625,7 +625,8 @@ def test_backup_env_written_by_fedi_keeps_quote_shaped_values(tmp_path):
     assert parse_env(render_env(values)) == values
 
 
-def test_regression_up_refuses_smtp_without_password_before_touching_the_provider(monkeypatch):
+@pytest.mark.parametrize("command", ["up", "resize"])
+def test_regression_up_refuses_smtp_without_password_before_touching_the_provider(monkeypatch, command):
     from provision import lifecycle
 
     monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
@@ -639,7 +640,7 @@ def test_regression_up_refuses_smtp_without_password_before_touching_the_provide
             raise AssertionError(f"up touched the provider ({name}) before refusing")
 
     with pytest.raises(ValidationError, match=r"^smtp/password"):
-        lifecycle.up(spec, Untouchable(), lambda _line: None)
+        getattr(lifecycle, command)(spec, Untouchable(), lambda _line: None)
 
 
 @pytest.mark.parametrize(
