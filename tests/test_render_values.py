@@ -332,7 +332,14 @@ def test_hostile_secret_values_reach_every_app_exactly(readers, tmp_path, monkey
     )
 
 
-ADDRESSES = ["o'brien@example.org", "ops$X@example.org", "a#b@example.org", "ünï@exämple.org", "x=y+z@example.org"]
+ADDRESSES = [
+    "o'brien@example.org",
+    "ops$X@example.org",
+    "a#b@example.org",
+    "ünï@exämple.org",
+    "x=y+z@example.org",
+    "back`tick@example.org",
+]
 
 
 @pytest.mark.parametrize("software", SOFTWARE)

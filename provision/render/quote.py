@@ -3,8 +3,9 @@ reader returns it unchanged, or refuses it (``Unrepresentable``) when the format
 
 Every template writes every user-given or generated value through one of these (Jinja filters of the
 same names, registered by provision/bundle.py); no template quotes by hand. ``check_field`` runs a
-user's value through every writer at the edge (fedi.toml, the environment), so a value one app's
-format cannot carry is refused for every app, naming the field, before anything is written.
+user's value at the edge (fedi.toml, the environment) through the writers of every format that field
+reaches in any app, so a value one app's format cannot carry is refused for every app, naming the
+field, before anything is written.
 
 The readers, and what each writer was checked against (tests/test_render_values.py reads the rendered
 files back with Debian 13's real readers):
@@ -17,13 +18,13 @@ files back with Debian 13's real readers):
   command substitution when its parentheses do not balance): those are refused.
 - ``hjson``: Lemmy's lemmy.hjson (Rust deser_hjson): a JSON string.
 - ``yaml``: ansible-vars.yml and compose files (PyYAML/ansible): a JSON string, YAML's line breaks
-  escaped; ``!unsafe`` when it holds Jinja markers, so ansible never templates a user's value.
+  escaped; ``!unsafe`` when it holds ``{`` or ``%`` (Jinja's markers), so ansible never templates it.
 - ``compose``: a value in compose.yaml: ``$`` doubled (compose interpolation), then ``yaml``.
 - ``caddy``: a Caddyfile token: bare, `backquoted` or "double-quoted"; ``{`` and ``}`` are refused
   (Caddy replaces ``{$VAR}`` before parsing, and expands ``{env.X}`` in the ACME e-mail, refusing an
   unknown ``{x}``).
 - ``systemd``: a unit setting's value: ``%`` doubled (specifiers); no trailing backslash.
-- ``valkey``: an argument in Valkey's configuration file (sdssplitargs).
+- ``valkey``: an argument in Valkey's configuration file: only plain tokens (the generated password).
 - ``envfile``: restic.env, KEY="value" lines that fedi-backup's load_env and provision.backup read
   literally (one layer of quotes removed).
 - ``url_part``: a user name or password inside a URL/DSN (Symfony Mailer's DSN, database URLs):
@@ -178,11 +179,11 @@ def systemd(value: Any) -> str:
 
 
 def valkey(value: Any) -> str:
-    """An argument in valkey.conf (sdssplitargs): bare, or double-quoted with \\ and \" escaped."""
+    """An argument in valkey.conf. Only generated values go there: plain tokens, nothing to quote."""
     text = _text(value)
-    if _BARE.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not _BARE.fullmatch(text):
+        raise Unrepresentable("valkey.conf takes only letters, digits and - _ . : / @ % + , = here")
+    return text
 
 
 def envfile(value: Any) -> str:
