@@ -208,8 +208,8 @@ def _caddy_email(path: Path, home: Path) -> str:
     assert result.returncode == 0, result.stderr[-1500:]
     conf = json.loads(result.stdout)
     (policy,) = conf["apps"]["tls"]["automation"]["policies"]
-    (issuer,) = {json.dumps(i.get("email")) for i in policy["issuers"]}
-    return json.loads(issuer)
+    (email,) = {issuer["email"] for issuer in policy["issuers"]}  # every ACME issuer: the same contact
+    return email
 
 
 # --- whole bundles, every user field x every app ----------------------------------------------
