@@ -61,7 +61,12 @@ def render_env(values: dict[str, str]) -> str:
     for key, value in values.items():
         if not _KEY.match(key) or "\n" in value or "\r" in value:
             raise BackupError(f"{key}: cannot be written as one KEY=value line")
-    return "".join(f"{k}={v}\n" for k, v in values.items())
+    from provision.render.quote import Unrepresentable, envfile
+
+    try:
+        return "".join(f"{k}={envfile(v)}\n" for k, v in values.items())  # the bundle's restic.env writer
+    except Unrepresentable as exc:
+        raise BackupError(f"a value cannot be written as one KEY=value line ({exc})") from None
 
 
 def repository_env(restic_password: str, storage: ObjectStorage | None, repository: str | None = None) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from provision import versions
 from provision.errors import UsageError
 from provision.model import Bundle, ObjectStorage
+from provision.render import quote
 from provision.render.context import build_context
 from provision.resources import templates_dir
 from provision.sizing import Sizing
@@ -102,22 +103,8 @@ def _environment(root: Path) -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["env_quote"] = env_quote
+    env.filters.update(quote.FILTERS)  # one writer per format; every template quotes through them
     return env
-
-
-def env_quote(value: Any) -> str:
-    """A value for a dotenv file read by both docker compose and the app (Symfony/dotenv, Ruby dotenv).
-
-    Plain values stay bare; anything else is single-quoted, which both readers take literally
-    (no ``$`` interpolation). Single quotes and newlines cannot be represented and are refused.
-    """
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    if "'" in text or "\n" in text:  # the message never shows the value: it may be a password
-        raise UsageError("a value for an app's .env file (e.g. the SMTP password) may not contain ' or a newline")
-    if text and all(c.isalnum() or c in "-_.:/@%+,=" for c in text):
-        return text
-    return f"'{text}'"
 
 
 def _check_storage(storage: ObjectStorage | None) -> None:
@@ -133,6 +120,11 @@ def _check_storage(storage: ObjectStorage | None) -> None:
     for field in ("media_bucket", "backups_bucket", "region", "access_key", "secret_key"):
         if not getattr(storage, field):
             raise ValidationError(f"storage/{field}", "is required")
+    from provision.fields import check_text
+
+    # the keys come from $FEDI_S3_ACCESS_KEY / $FEDI_S3_SECRET_KEY: checked like every user value
+    for field, env in (("access_key", "FEDI_S3_ACCESS_KEY"), ("secret_key", "FEDI_S3_SECRET_KEY")):
+        check_text(getattr(storage, field), f"storage/{field} (${env})", ("dotenv", "envfile", "yaml"))
     if storage.media_bucket == storage.backups_bucket:
         raise ValidationError("storage/backups_bucket", "must not be the media bucket")
 
@@ -191,7 +183,10 @@ def _text(f: BundleFile, env: Any, context: dict[str, Any], secrets: dict[str, s
         from provision.secrets import app_secrets
 
         return json.dumps(app_secrets(secrets), indent=2, sort_keys=True) + "\n"
-    return env.get_template(f.template).render(**context)
+    try:
+        return env.get_template(f.template).render(**context)
+    except quote.Unrepresentable as exc:  # a generated or restored value: user values are checked at the edge
+        raise UsageError(f"{f.path}: a value cannot be written ({exc})") from None
 
 
 def _write(path: Path, text: str, f: BundleFile) -> None:

@@ -117,7 +117,11 @@ def render(
     provider: Provider = None,
     as_json: Json = False,
 ) -> None:
-    """Write the complete bundle the server needs into OUT (with freshly generated secrets)."""
+    """Write the complete bundle the server needs into OUT (with freshly generated secrets).
+
+    Mail comes from [smtp] in fedi.toml, its password from $FEDI_SMTP_PASSWORD; the accepted form of
+    every field is in the README's fedi.toml section.
+    """
     from provision.bundle import render_bundle
     from provision.secrets import generate_secrets
     from provision.sizing import sizing

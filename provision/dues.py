@@ -73,6 +73,8 @@ def _number(raw: dict[str, Any], key: str, default: Any, *, integer: bool = Fals
     if isinstance(value, bool) or not ok_type:
         kind = "a whole number" if integer else "a number"
         raise ValidationError(f"coop/{key}", f"{value!r} must be {kind}")
+    if not math.isfinite(value):  # TOML's nan and inf are floats
+        raise ValidationError(f"coop/{key}", f"{value!r} must be a finite number")
     if value < 0:
         raise ValidationError(f"coop/{key}", f"{value!r} must not be negative")
     if at_most is not None and value > at_most:

@@ -203,6 +203,8 @@ def up(
     steps: Steps = Steps(),
 ) -> Result:
     started = time.monotonic()
+    if spec.smtp:
+        spec.smtp.password()  # [smtp] without its password: refused before anything is created
     provider.preflight(spec)
     spec = names.settle(spec, provider)
     steps.admin_email(spec, progress)
@@ -281,6 +283,8 @@ def spec_of_outputs(outputs: StackOutputs, config: dict[str, Any] | None = None)
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
     started = time.monotonic()
+    if spec.smtp:
+        spec.smtp.password()  # the re-rendered bundle needs it: refused before the server changes
     provider.preflight(spec)
     current = provider.outputs(spec.stack_name)
     old_size = current.extra.get("size") or spec.size

@@ -18,6 +18,8 @@ import idna
 
 from provision import names
 from provision.errors import ValidationError
+from provision.fields import check_strings, check_text, validate_email, validate_host
+from provision.render import quote
 
 CONFIG_FILE = "fedi.toml"
 
@@ -45,22 +47,34 @@ LOCATIONS: dict[str, str] = {
 PROVIDERS = ("hetzner", "local")
 REGISTRATIONS = ("open", "approval", "closed")
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_USERNAME = re.compile(r"^[a-z0-9_]{1,30}$")
+_USERNAME = re.compile(r"[a-z0-9_]{1,30}")
+SMTP_SECURITY = ("starttls", "tls", "none")
 
 
 @dataclass(frozen=True)
 class SmtpSettings:
     """Outgoing mail. The password is never a flag (argv is visible to every user of the machine)."""
 
-    host: str  # SMTP server hostname
-    port: int  # 587 (STARTTLS) or 465 (implicit TLS)
-    user: str  # login name
-    from_address: str  # envelope and header From
+    host: str  # SMTP server: a hostname or an IP address, no port, no scheme
+    port: int  # 587 (STARTTLS), 465 (implicit TLS), 25, ...
+    user: str  # login name ('' when auth is False)
+    from_address: str  # envelope and header From (an addr-spec)
     password_env: str = "FEDI_SMTP_PASSWORD"  # environment variable that holds the password
+    security: str = "starttls"  # starttls | tls (implicit TLS, "SMTPS") | none
+    auth: bool = True  # False: the relay takes mail without a login (no user, no password)
 
     def password(self) -> str:
-        return os.environ.get(self.password_env, "")
+        """The password from the environment; an error naming the variable when it is needed and unset."""
+        if not self.auth:
+            return ""
+        value = os.environ.get(self.password_env, "")
+        path = f"smtp/password (${self.password_env})"
+        if not value:
+            raise ValidationError(
+                path, "is not set; export it, or set auth = false in [smtp] if the relay needs no login"
+            )
+        check_text(value, path)
+        return value
 
 
 @dataclass(frozen=True)
@@ -142,12 +156,6 @@ def validate_domain(value: Any, path: str = "domain") -> str:
     return ascii_host
 
 
-def validate_email(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value):
-        raise ValidationError(path, f"{value!r} is not an e-mail address")
-    return value
-
-
 def validate_cidr(value: Any, path: str) -> str:
     try:
         return str(ipaddress.ip_network(str(value), strict=False))
@@ -160,24 +168,42 @@ def _smtp(raw: Any) -> SmtpSettings | None:
         return None
     if not isinstance(raw, dict):
         raise ValidationError("smtp", "must be a table with host, port, user and from")
-    allowed = {"host", "port", "user", "from", "password_env"}
+    allowed = {"host", "port", "user", "from", "password_env", "security", "auth"}
+    if "password" in raw:
+        raise ValidationError("smtp/password", "put the password in $FEDI_SMTP_PASSWORD, not in a file")
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValidationError(f"smtp/{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
-    if "password" in raw:
-        raise ValidationError("smtp/password", "put the password in $FEDI_SMTP_PASSWORD, not in a file")
-    for key in ("host", "user", "from"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ValidationError(f"smtp/{key}", "is required")
-    port = raw.get("port", 587)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ValidationError("smtp/port", f"{port!r} is not a port number")
+    auth = raw.get("auth", True)
+    if not isinstance(auth, bool):
+        raise ValidationError("smtp/auth", f"{auth!r} must be true or false")
+    security = raw.get("security")
+    if security is not None:
+        security = one_of("smtp/security", security, SMTP_SECURITY)
+    port = raw.get("port", 465 if security == "tls" else 587)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationError("smtp/port", f"{port!r} is not a port number (1-65535)")
+    security = security or ("tls" if port == 465 else "starttls")
+    host = validate_host(raw.get("host"), "smtp/host")
+    user = raw.get("user", "")
+    if not isinstance(user, str) or (auth and not user):
+        raise ValidationError("smtp/user", "is required (or set auth = false if the relay needs no login)")
+    if not auth and user:
+        raise ValidationError("smtp/user", "is set but auth = false; remove one of them")
+    check_text(user, "smtp/user")
+    if not isinstance(raw.get("from"), str) or not raw["from"]:
+        raise ValidationError("smtp/from", "is required: the sender address, such as social@example.org")
+    password_env = raw.get("password_env", "FEDI_SMTP_PASSWORD")
+    if not isinstance(password_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", password_env):
+        raise ValidationError("smtp/password_env", f"{password_env!r} is not an environment variable name")
     return SmtpSettings(
-        host=raw["host"],
+        host=host,
         port=port,
-        user=raw["user"],
+        user=user,
         from_address=validate_email(raw["from"], "smtp/from"),
-        password_env=str(raw.get("password_env", "FEDI_SMTP_PASSWORD")),
+        password_env=password_env,
+        security=security,
+        auth=auth,
     )
 
 
@@ -259,6 +285,7 @@ def load_config(directory: Path | None = None) -> dict[str, Any]:
     if unknown:
         known = ", ".join((*SPEC_KEYS, *SECTIONS))
         raise ValidationError(f"{CONFIG_FILE}: {unknown[0]}", f"unknown key (known: {known})")
+    check_strings(data, "")
     validate_sections(data)
     return data
 
@@ -268,6 +295,8 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     config = config or {}
     merged = {k: v for k, v in config.items() if k in SPEC_KEYS}
     merged.update({k: v for k, v in flags.items() if v is not None and k not in ("ephemeral", "ttl_hours")})
+    check_strings(config, "")
+    check_strings(merged, "")
 
     for key in ("software", "size", "domain"):
         if merged.get(key) in (None, ""):
@@ -278,9 +307,12 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     location = one_of("location", merged.get("location", "fsn1"), tuple(LOCATIONS))
     provider = one_of("provider", merged.get("provider", "hetzner"), PROVIDERS)
     registrations = one_of("registrations", merged.get("registrations", "approval"), REGISTRATIONS)
-    admin_email = validate_email(merged.get("admin_email") or f"admin@{domain}", "admin_email")
+    # the admin's address is also Caddy's ACME contact e-mail
+    admin_email = validate_email(
+        merged.get("admin_email") or f"admin@{domain}", "admin_email", (*quote.APP_FORMATS, "caddy")
+    )
     admin_username = merged.get("admin_username", "admin")
-    if not isinstance(admin_username, str) or not _USERNAME.match(admin_username):
+    if not isinstance(admin_username, str) or not _USERNAME.fullmatch(admin_username):
         raise ValidationError("admin_username", f"{admin_username!r} must be 1-30 of a-z, 0-9 and _")
     ssh_allow = merged.get("ssh_allow", ())
     if isinstance(ssh_allow, str):

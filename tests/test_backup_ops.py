@@ -192,8 +192,8 @@ def test_restore_from_another_repository_removes_the_settings_afterwards(world):
     new = LocalServer(make_host(base / "x2", pg, f"s3:{endpoint}/backups/x2", db="movedb"))
     source = backup.parse_env(old.env_file.read_text())
     env_text = backup.repository_env(source["RESTIC_PASSWORD"], None, source["RESTIC_REPOSITORY"])
-    env_text = env_text.replace("AWS_ACCESS_KEY_ID=\n", "AWS_ACCESS_KEY_ID=test\n").replace(
-        "AWS_SECRET_ACCESS_KEY=\n", "AWS_SECRET_ACCESS_KEY=test\n"
+    env_text = env_text.replace('AWS_ACCESS_KEY_ID=""\n', 'AWS_ACCESS_KEY_ID="test"\n').replace(
+        'AWS_SECRET_ACCESS_KEY=""\n', 'AWS_SECRET_ACCESS_KEY="test"\n'
     )
     result = backup.restore_from(ACCESS, env_text, runner=new.run, upload=new.upload, safety=False)
     assert result["databases"] == ["movedb"] and pg.psql("movedb", FINGERPRINT) == fingerprint

@@ -325,17 +325,11 @@ def test_a_failure_mid_render_leaves_nothing(tmp_path, monkeypatch):
     del secrets["pictrs_api_key"]  # a template needs it: rendering fails part-way through
     parent = tmp_path / "bundles"
     parent.mkdir()
-    with pytest.raises(TypeError):  # StrictUndefined refuses to render
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):  # StrictUndefined refuses to render
         bundle_mod.render_bundle(spec, sizing(spec), secrets, None, parent / "out")
     assert list(parent.iterdir()) == []  # neither out nor a temporary directory
-
-
-def test_env_quote():
-    q = bundle_mod.env_quote
-    assert q("abc123") == "abc123" and q(True) == "true" and q(":8080") == ":8080"
-    assert q("two words") == "'two words'" and q("^https://x\\.org$") == "'^https://x\\.org$'"
-    with pytest.raises(UsageError):
-        q("it's")
 
 
 @pytest.mark.parametrize("software", ["mastodon", "kbin"])
@@ -351,15 +345,6 @@ def test_awkward_smtp_password_survives_compose_env_parsing(software, tmp_path, 
         from urllib.parse import unquote, urlsplit
 
         assert unquote(urlsplit(env["MAILER_DSN"]).password) == password
-
-
-def test_smtp_password_with_a_quote_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDI_SMTP_PASSWORD", "it's-secret")
-    spec = build_spec({"software": "mastodon", "size": "tiny", "domain": DOMAIN}, {"smtp": SMTP})
-    with pytest.raises(UsageError) as info:
-        bundle_mod.render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
-    assert "it's-secret" not in str(info.value)
-    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(

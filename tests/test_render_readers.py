@@ -1,8 +1,10 @@
 """Every rendered file read by the real reader that will read it on the server (or its schema).
 
 caddy validate, the compose-spec JSON schema, cloud-init schema (+ a strict top-level key check),
-systemd-analyze verify (empty stderr), shellcheck, an hjson parser. A missing tool skips on a
-developer machine and FAILS under CI=true (render_cases.tool).
+systemd-analyze verify (empty stderr), shellcheck, an hjson parser; and Debian 13's own readers
+(tests/readers.py): docker compose config, Ruby dotenv, Symfony Dotenv, deser_hjson. A missing tool
+skips on a developer machine and FAILS under CI=true (render_cases.tool). User values x readers:
+tests/test_render_values.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from readers import debian_readers
 from render_cases import COMBOS, dotenv, read, rendered, tool
 
 VARIANTS = [(sw, size, "plain") for sw, size in COMBOS] + [
@@ -305,3 +308,36 @@ def test_lemmy_hjson_parses(size, variant):
     }
     assert set(conf["setup"]) <= {"admin_username", "admin_password", "site_name", "admin_email"}
     assert len(conf["setup"]["site_name"]) <= 20
+
+
+# --- Debian 13's readers: every file whose header names a reader is read by it ---------------------
+
+
+@pytest.fixture(scope="session")
+def readers():
+    return debian_readers()
+
+
+@pytest.mark.parametrize("variant", ["plain", "storage"])
+@pytest.mark.parametrize("software", ["mastodon", "lemmy", "kbin"])
+def test_debian13_readers_read_every_app_config(readers, software, variant):
+    """docker compose 2.26 reads compose.yaml with its env files; the app's own reader reads its
+    config and agrees with compose on every key (the headers say both read these files)."""
+    bundle, secrets = rendered(software, "small", variant)
+    services = readers.compose(bundle.root / "app")
+    assert services, "docker compose config found no services"
+    if software == "lemmy":
+        conf = readers.hjson(read(bundle, "app-config"))
+        import hjson
+
+        assert conf == json.loads(json.dumps(hjson.loads(read(bundle, "app-config"))))
+        assert conf["setup"]["admin_password"] == secrets["admin_password"]
+        pictrs = services["pictrs"]["environment"]
+        assert pictrs == dotenv(read(bundle, "app-pictrs"))
+        return
+    text = read(bundle, "app-config")
+    own = readers.ruby_dotenv(text) if software == "mastodon" else readers.symfony_dotenv(text)
+    assert own == dotenv(text)  # fedi's own files: no key the simple parser would read differently
+    env = next(iter(services.values()))["environment"]
+    assert {k: env[k] for k in own} == own
+    assert own["DB_PASS" if software == "mastodon" else "POSTGRES_PASSWORD"] == secrets["db_password"]

@@ -7,6 +7,7 @@ value from the bundle replaced by ``********`` before it is written anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
 from provision.remote.session import HostKeyMismatch, connect_when_ready, parse_host_key, wait_for_ssh
 from provision.remote.upload import put_private, put_tree
+from provision.render import quote
 
 Progress = Callable[[str], None]
 _SECRET_KEY = re.compile(r"password|secret|passphrase|token|private|_key$|^key$|access_key", re.I)
@@ -49,18 +51,28 @@ def secret_values(bundle: Bundle) -> set[str]:
                 walk(v, key)
         elif isinstance(node, str) and _SECRET_KEY.search(key) and len(node) >= 8:
             values.add(node)
+        elif isinstance(node, str) and "://" in node:  # a DSN's password: as written and decoded
+            from urllib.parse import unquote, urlsplit
+
+            with contextlib.suppress(ValueError):
+                password = urlsplit(node).password or ""
+                values.update(v for v in (password, unquote(password)) if len(v) >= 8)
 
     vars_file = bundle.root / "ansible-vars.yml"
     if vars_file.is_file():
         import yaml  # PyYAML comes with pulumi and ansible-core
 
-        walk(yaml.safe_load(vars_file.read_text()))
+        walk(yaml.load(vars_file.read_text(), Loader=quote.yaml_loader()))  # noqa: S506 - a SafeLoader
     env_files = [p for p in bundle.root.rglob("*") if p.is_file() and p.name.endswith((".env", ".env.production"))]
     for env_file in env_files:  # restic.env, Mastodon's .env.production, mbin's .env, pict-rs's env
         for line in env_file.read_text().splitlines():
             key, sep, value = line.partition("=")
             if sep and not key.lstrip().startswith("#"):
                 walk(value.strip().strip("'\""), key.strip())
+                walk(quote.read_dotenv(value.strip()), key.strip())  # a double-quoted value, unescaped
+    for hjson_file in [p for p in bundle.root.rglob("*.hjson") if p.is_file()]:  # Lemmy's: JSON strings
+        for match in re.finditer(r'^\s*(\w+):\s*("(?:[^"\\]|\\.)*")\s*$', hjson_file.read_text(), re.M):
+            walk(json.loads(match.group(2)), match.group(1))
     return values
 
 
