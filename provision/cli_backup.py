@@ -47,11 +47,14 @@ backup_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, 
 StackOpt = Annotated[str | None, typer.Option("--stack", help="stack name (default: from --domain)")]
 
 
-def _target(stack: str | None, domain: str | None, provider: str | None, backend: str | None):
-    """(stack name, provider object, its outputs) for the stack the flags name."""
-    from provision.cli_stack import resolve
+def _target(stack: str | None, domain: str | None, provider: str | None, backend: str | None, *, hold: str = ""):
+    """(stack name, provider object, its outputs) for the stack the flags name; with ``hold``, that
+    command holds the stack's lock first (StackBusy at once if another run is changing the stack)."""
+    from provision.cli_stack import hold_stack, resolve
 
     name, prov = resolve(stack, domain, provider, backend)
+    if hold:
+        hold_stack(name, hold)
     return name, prov, prov.outputs(name)
 
 
@@ -184,9 +187,9 @@ def restore_cmd(
     from provision import backup
 
     if into is not None:
-        target_name, target_prov, target = _target(into, None, provider, backend)
+        target_name, target_prov, target = _target(into, None, provider, backend, hold="fedi backup restore")
     else:
-        target_name, target_prov, target = _target(stack, domain, provider, backend)
+        target_name, target_prov, target = _target(stack, domain, provider, backend, hold="fedi backup restore")
     source_env, source, old_secrets = None, f"stack {target_name}", None
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)

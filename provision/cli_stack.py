@@ -69,6 +69,15 @@ def progress_printer():
     return progress
 
 
+def hold_stack(name: str, command: str) -> None:
+    """Hold the stack's lock until the command ends (StackBusy at once if another run changes it)."""
+    from typer._click.globals import get_current_context  # typer vendors click (see provision/cli.py)
+
+    from provision import stacklock
+
+    get_current_context().with_resource(stacklock.hold(name, command))  # released when the command ends
+
+
 def ephemeral_domain(domain: str) -> str:
     """A throwaway subdomain with a random suffix: the stack name carries it too."""
     return f"t{_secrets.token_hex(3)}.{validate_domain(domain)}"
@@ -327,6 +336,7 @@ def resize_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the resize
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
+    hold_stack(name, "fedi resize")  # before the question: a busy stack is refused at once
     current = prov.outputs(name)
     spec = lifecycle.spec_of_outputs(current, config)
     if spec is None:
@@ -368,6 +378,7 @@ def down_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the destroy
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
+    hold_stack(name, "fedi down")  # before the question: a busy stack is refused at once
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
     if outputs.extra.get("production"):

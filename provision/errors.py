@@ -10,6 +10,7 @@ Exit codes mean something, so scripts and CI can branch on them:
 - 7  a backup or restore failed              -> BackupError
 - 8  a webhook or billing step failed        -> HookError
 - 9  the user declined a confirmation        -> Aborted
+- 10 the stack is busy (another run holds it) -> StackBusy
 """
 
 from __future__ import annotations
@@ -67,3 +68,9 @@ class HookError(FediError):
 
 class Aborted(FediError):
     exit_code = 9
+
+
+class StackBusy(FediError):
+    """Another fedi run is changing the same stack (provision/stacklock.py)."""
+
+    exit_code = 10

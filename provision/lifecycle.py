@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from provision import names, paths
+from provision import names, paths, stacklock
 from provision.errors import Aborted, BackupError, ProvisionError
 from provision.model import Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
@@ -202,11 +202,25 @@ def up(
     confirm: Callable[[Plan, Any], bool] | None = None,
     steps: Steps = Steps(),
 ) -> Result:
+    """Create or converge a stack, holding its lock (StackBusy if another run changes it)."""
     started = time.monotonic()
     if spec.smtp:
         spec.smtp.password()  # [smtp] without its password: refused before anything is created
     provider.preflight(spec)
     spec = names.settle(spec, provider)
+    with stacklock.hold(spec.stack_name, "fedi up"):
+        return _up(spec, provider, progress, confirm=confirm, steps=steps, started=started)
+
+
+def _up(
+    spec: InstanceSpec,
+    provider: Provider,
+    progress: Progress,
+    *,
+    confirm: Callable[[Plan, Any], bool] | None,
+    steps: Steps,
+    started: float,
+) -> Result:
     steps.admin_email(spec, progress)
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
@@ -282,6 +296,11 @@ def spec_of_outputs(outputs: StackOutputs, config: dict[str, Any] | None = None)
 
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
+    with stacklock.hold(spec.stack_name, "fedi resize"):
+        return _resize(spec, provider, progress, steps=steps)
+
+
+def _resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps) -> Result:
     started = time.monotonic()
     if spec.smtp:
         spec.smtp.password()  # the re-rendered bundle needs it: refused before the server changes
@@ -319,6 +338,30 @@ def down(
     """Destroy a stack: pre-destroy backup, provider.down, billing event. Confirmation is the CLI's job.
 
     ``config`` is the operator's fedi.toml: its [hooks] and [coop] hear of the destroy."""
+    with stacklock.hold(stack, "fedi down"):
+        return _down(
+            stack,
+            provider,
+            progress,
+            purge_backups=purge_backups,
+            unprotect=unprotect,
+            skip_backup=skip_backup,
+            config=config,
+            steps=steps,
+        )
+
+
+def _down(
+    stack: str,
+    provider: Provider,
+    progress: Progress,
+    *,
+    purge_backups: bool,
+    unprotect: bool,
+    skip_backup: bool,
+    config: dict[str, Any] | None,
+    steps: Steps,
+) -> Result:
     outputs = provider.outputs(stack)
     spec = spec_of_outputs(outputs, config)
     if not skip_backup and outputs.access.address:

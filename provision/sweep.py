@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from provision.errors import ProvisionError
+from provision.errors import ProvisionError, StackBusy
 from provision.timestamps import epoch
 from stacks.config import label_value
 
@@ -82,6 +82,8 @@ def sweep_stacks(
             items.append(SweepItem("stack", s.stack, "", expires, "destroyed"))
         except ProvisionError as err:
             items.append(SweepItem("stack", s.stack, "", expires, f"failed: {err.line()}"))
+        except StackBusy as err:  # another run is changing it: the next sweep gets it
+            items.append(SweepItem("stack", s.stack, "", expires, f"skipped: {err.line()}"))
     return items
 
 

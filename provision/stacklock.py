@@ -1,0 +1,99 @@
+"""One change to a stack at a time on this computer.
+
+Every command that changes a stack (up, resize, down, backup restore; sweep and smoke through the
+same lifecycle functions) holds the stack's lock for its whole run. A second one is refused at once
+with one line that says who holds the lock and since when (:class:`StackBusy`, exit code 10);
+read-only commands (status, stacks, cost, backup list) never take it.
+
+The lock is ``flock(2)`` on ``<state dir>/locks/<stack>.lock`` (0600): the kernel releases it when
+the holder exits, however it exits (Ctrl-C, a crash, SIGKILL), so there is no stale lock to clear.
+The holder writes who it is into the file for the refusal message; the file itself stays (removing
+a lock file that another process may be about to lock would let two holders in). Within one
+process the lock nests: the CLI takes it before it asks for a confirmation, and the lifecycle function
+it then calls takes it again without refusing itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from provision import paths
+from provision.errors import StackBusy
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a stack's lock (written into the lock file, read by the one refused)."""
+
+    user: str  # login name of the holder
+    host: str  # this computer's host name
+    pid: int  # the holder's process id
+    command: str  # what it is doing: "fedi up", "fedi backup restore", ...
+    since: str  # when it took the lock, UTC, ISO 8601 ("2026-12-05T07:55:02Z")
+
+    def line(self) -> str:
+        return f"`{self.command}` by {self.user}@{self.host} (pid {self.pid}) since {self.since}"
+
+
+_held: dict[str, Holder] = {}  # the stacks this process holds, for nesting
+
+
+def lock_path(stack: str) -> Path:
+    return paths.state_dir() / "locks" / f"{stack}.lock"
+
+
+def _me(command: str) -> Holder:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (a container)
+        user = str(os.getuid())
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Holder(user, socket.gethostname(), os.getpid(), command, since)
+
+
+def _holder(fd: int) -> Holder | None:
+    """The holder's record, or None while it has not written it yet (it writes right after locking)."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode())
+        return Holder(**data)
+    except (ValueError, TypeError, OSError):
+        return None
+
+
+@contextmanager
+def hold(stack: str, command: str) -> Iterator[Holder]:
+    """Hold ``stack``'s lock for the block; :class:`StackBusy` at once if another run holds it."""
+    if stack in _held:  # this process holds it already (the CLI, then the lifecycle function)
+        yield _held[stack]
+        return
+    path = lock_path(stack)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            who = holder.line() if holder else "another fedi run (it is starting)"
+            raise StackBusy(f"stack {stack} is busy: {who}; nothing was changed, try again when it is done") from None
+        me = _me(command)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(asdict(me)).encode(), 0)
+        _held[stack] = me
+        try:
+            yield me
+        finally:
+            del _held[stack]
+            os.ftruncate(fd, 0)  # still locked: nobody reads a record of a run that has ended
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,144 @@
+"""One change to a stack at a time (issue 20, item 2 on one computer): the second run is refused at
+once with one line naming the holder, exit code 10, and changes nothing.
+
+The holder is a real other process (flock locks belong to open files, so only another process shows
+what a second `fedi` run sees); the refused runs are the real CLI, started as `fedi` processes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provision import stacklock
+from provision.errors import StackBusy
+
+BIN = Path(sys.executable).parent
+HOLDER = """
+import sys, time
+from provision import stacklock
+with stacklock.hold(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin (bounded by the test's own timeout)
+"""
+
+
+class OtherRun:
+    """Another process holding ``stack``'s lock, as a running `fedi up` would."""
+
+    def __init__(self, stack: str, command: str = "fedi up"):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, stack, command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def end(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def _fedi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN / "fedi", *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under the state dir but the locks, with its content."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.parent.name != "locks"
+    }
+
+
+def test_a_second_run_is_refused_with_who_holds_it(fedi_dirs) -> None:
+    other = OtherRun("social-example-org")
+    try:
+        with pytest.raises(StackBusy) as refused, stacklock.hold("social-example-org", "fedi down"):
+            pass
+        line = refused.value.line()
+        assert f"`fedi up` by {getpass.getuser()}@{socket.gethostname()} (pid {other.proc.pid}) since " in line
+        assert line.startswith("stack social-example-org is busy: ") and "\n" not in line
+        assert refused.value.exit_code == 10
+        with stacklock.hold("other-example-org", "fedi up"):  # another stack is free
+            pass
+    finally:
+        other.end()
+    with stacklock.hold("social-example-org", "fedi down") as me:  # free once the holder has ended
+        assert (me.pid, me.command) == (os.getpid(), "fedi down")
+    path = stacklock.lock_path("social-example-org")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_crashed_holder_leaves_no_lock_behind(fedi_dirs) -> None:
+    other = OtherRun("social-example-org")
+    other.kill()  # SIGKILL: no cleanup code runs; the kernel drops the flock with the process
+    with stacklock.hold("social-example-org", "fedi up"):
+        pass
+
+
+def test_the_lock_nests_within_one_process(fedi_dirs) -> None:
+    """The CLI takes the lock before it asks; the lifecycle function it calls takes it again."""
+    with stacklock.hold("social-example-org", "fedi down") as outer:
+        with stacklock.hold("social-example-org", "fedi down") as inner:
+            assert inner is outer
+        other = subprocess.run(
+            [sys.executable, "-c", HOLDER, "social-example-org", "fedi up"], capture_output=True, text=True, timeout=60
+        )
+        assert "StackBusy" in other.stderr and "`fedi down`" in other.stderr  # still held after the inner block
+    OtherRun("social-example-org").end()  # and released after the outer one
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["up", "--provider", "local", "--software", "lemmy", "--size", "tiny", "--domain", "busy.localhost", "--yes"],
+        ["down", "--provider", "local", "--domain", "busy.localhost", "--yes"],
+        ["resize", "--provider", "local", "--domain", "busy.localhost", "--size", "small", "--yes"],
+        ["backup", "restore", "--provider", "local", "--domain", "busy.localhost", "--yes"],
+    ],
+    ids=["up", "down", "resize", "backup-restore"],
+)
+def test_the_cli_refuses_a_busy_stack_with_exit_10_and_changes_nothing(fedi_dirs, argv) -> None:
+    from provision.spec import build_spec
+
+    stack = build_spec({"software": "lemmy", "size": "tiny", "domain": "busy.localhost", "provider": "local"})
+    state = fedi_dirs / "state"
+    before = _tree(state)
+    other = OtherRun(stack.stack_name)
+    try:
+        proc = _fedi(*argv)
+    finally:
+        other.end()
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"fedi: stack {stack.stack_name} is busy: `fedi up` by ")
+    assert f"(pid {other.proc.pid}) since " in lines[0]
+    assert _tree(state) == before  # nothing created, nothing deleted
+
+
+def test_read_only_commands_do_not_take_the_lock(fedi_dirs) -> None:
+    other = OtherRun("busy-localhost")
+    try:
+        assert _fedi("stacks", "--provider", "local").returncode == 0
+        assert _fedi("cost", "--software", "lemmy", "--size", "tiny").returncode == 0
+    finally:
+        other.end()
