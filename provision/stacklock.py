@@ -7,14 +7,16 @@ read-only commands (status, stacks, cost, backup list) never take it.
 
 The lock is ``flock(2)`` on ``<state dir>/locks/<stack>.lock`` (0600): the kernel releases it when
 the holder exits, however it exits (Ctrl-C, a crash, SIGKILL), so there is no stale lock to clear.
-The holder writes who it is into the file for the refusal message; the file itself stays (removing
-a lock file that another process may be about to lock would let two holders in). Within one
+The holder writes who it is into the file for the refusal message, and removes the file (while still
+holding it) when done, so a command that fails early leaves nothing behind; a taker that locked a file
+removed meanwhile sees that its inode is no longer the path's and starts over. Within one
 process the lock nests: the CLI takes it before it asks for a confirmation, and the lifecycle function
 it then calls takes it again without refusing itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import getpass
 import json
@@ -22,7 +24,6 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,23 +70,43 @@ def _holder(fd: int) -> Holder | None:
         return None
 
 
-@contextmanager
+def _open_locked(path: Path, stack: str) -> int:
+    """An open descriptor of ``path``, flock-ed exclusively; StackBusy if another process holds it."""
+    for _ in range(20):  # bounded: each retry means a holder removed the file just as we opened it
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, FileExistsError):  # another holder removed the directory just then
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            who = holder.line() if holder else "another fedi run (it is starting)"
+            raise StackBusy(f"stack {stack} is busy: {who}; nothing was changed, try again when it is done") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # we locked a file its holder had just removed: take the path's new one
+    raise StackBusy(f"stack {stack} is busy: its lock {path} keeps changing hands; try again")
+
+
+@contextlib.contextmanager
 def hold(stack: str, command: str) -> Iterator[Holder]:
     """Hold ``stack``'s lock for the block; :class:`StackBusy` at once if another run holds it."""
     if stack in _held:  # this process holds it already (the CLI, then the lifecycle function)
         yield _held[stack]
         return
     path = lock_path(stack)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_locked(path, stack)
     try:
-        os.fchmod(fd, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            who = holder.line() if holder else "another fedi run (it is starting)"
-            raise StackBusy(f"stack {stack} is busy: {who}; nothing was changed, try again when it is done") from None
         me = _me(command)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(asdict(me)).encode(), 0)
@@ -94,6 +115,8 @@ def hold(stack: str, command: str) -> Iterator[Holder]:
             yield me
         finally:
             del _held[stack]
-            os.ftruncate(fd, 0)  # still locked: nobody reads a record of a run that has ended
+            path.unlink(missing_ok=True)  # still locked: a taker that opened it meanwhile starts over
+            with contextlib.suppress(OSError):  # other stacks' locks are there
+                path.parent.rmdir()
     finally:
         os.close(fd)  # releases the lock

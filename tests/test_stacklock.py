@@ -76,15 +76,16 @@ def test_a_second_run_is_refused_with_who_holds_it(fedi_dirs) -> None:
         assert f"`fedi up` by {getpass.getuser()}@{socket.gethostname()} (pid {other.proc.pid}) since " in line
         assert line.startswith("stack social-example-org is busy: ") and "\n" not in line
         assert refused.value.exit_code == 10
+        path = stacklock.lock_path("social-example-org")
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
         with stacklock.hold("other-example-org", "fedi up"):  # another stack is free
             pass
     finally:
         other.end()
     with stacklock.hold("social-example-org", "fedi down") as me:  # free once the holder has ended
         assert (me.pid, me.command) == (os.getpid(), "fedi down")
-    path = stacklock.lock_path("social-example-org")
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert not path.parent.exists()  # nothing left behind once every holder has ended
 
 
 def test_a_crashed_holder_leaves_no_lock_behind(fedi_dirs) -> None:
@@ -142,3 +143,33 @@ def test_read_only_commands_do_not_take_the_lock(fedi_dirs) -> None:
         assert _fedi("cost", "--software", "lemmy", "--size", "tiny").returncode == 0
     finally:
         other.end()
+
+
+CONTENDER = """
+import os, sys
+from provision import stacklock
+from provision.errors import StackBusy
+marker, held = sys.argv[1], 0
+for _ in range(300):
+    try:
+        with stacklock.hold("contended", "fedi up"):
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another holder is inside
+            os.close(fd)
+            os.unlink(marker)
+            held += 1
+    except StackBusy:
+        pass
+print(held)
+"""
+
+
+def test_holders_never_overlap_while_lock_files_come_and_go(fedi_dirs, tmp_path) -> None:
+    """Each holder removes the lock file when done; a taker that locked a removed file must not get in."""
+    marker = tmp_path / "inside"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONTENDER, str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.decode()[-1500:] for _, err in results]
+    assert sum(int(out) for out, _ in results) > 0
