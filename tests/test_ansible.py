@@ -7,6 +7,7 @@ exercised on the real Debian 13 test host by the end-to-end test.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,39 @@ def test_sshd_drop_in_passes_sshd_t(tmp_path: Path) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     proc = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(conf)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_served_record_script_is_shellcheck_clean() -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed: run scripts/test, which installs it")
+    script = ANSIBLE / "roles/base/files/fedi-served"
+    proc = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_the_served_record_says_what_a_service_has_loaded(tmp_path: Path) -> None:
+    """check: 1 until record follows it, 0 after; a changed file makes it 1 again (no service needed)."""
+    script = (ANSIBLE / "roles/base/files/fedi-served").read_text()
+    served = tmp_path / "served"
+    local = tmp_path / "fedi-served"
+    local.write_text(script.replace("served_dir=/var/lib/fedi/served", f"served_dir={served}"))
+    conf = tmp_path / "a.conf"
+    conf.write_text("one\n")
+
+    def call(*args: str, stdin: str = "") -> int:
+        return subprocess.run(["sh", str(local), *args], input=stdin, capture_output=True, text=True).returncode
+
+    assert call("check", "caddy", str(conf)) == 1  # never loaded
+    assert call("check", "caddy", str(conf)) == 1  # a check alone records nothing (the reload may not happen)
+    assert call("record", "caddy") == 0
+    assert call("check", "caddy", str(conf)) == 0
+    conf.write_text("two\n")
+    assert call("check", "caddy", str(conf)) == 1
+    assert call("check", "lemmy-registrations", "-", stdin="Open") == 1
+    assert call("record", "lemmy-registrations") == 0
+    assert call("check", "lemmy-registrations", "-", stdin="Open") == 0
+    assert call("check", "lemmy-registrations", "-", stdin="Closed") == 1
+    assert oct(served.stat().st_mode & 0o777) == "0o700"
+    assert call("check", "caddy", str(tmp_path / "missing")) == 2
+    assert call("record", "nothing-checked") == 2
+    assert call("check", "../x", str(conf)) == 2

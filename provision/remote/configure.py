@@ -235,7 +235,7 @@ def configure(
         raise RemoteError(f"{layout.host_key_file} on {access.address} is not an OpenSSH public key") from None
     progress(f"playbook done on {access.address}: changed={out.changed} failed={out.failed}")
     if verify_rotation and host_key != " ".join(access.host_key.split()[:2]):
-        try:  # the server must now show the new key (sshd reloads in a handler; allow it a moment)
+        try:  # the server must now show the new key (the playbook reloads sshd as its last step; allow it a moment)
             wait_for_ssh(replace(access, host_key=host_key), timeout=60)
         except HostKeyMismatch:
             raise RemoteError(
