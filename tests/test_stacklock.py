@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,3 +174,51 @@ def test_holders_never_overlap_while_lock_files_come_and_go(fedi_dirs, tmp_path)
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.decode()[-1500:] for _, err in results]
     assert sum(int(out) for out, _ in results) > 0
+
+
+def test_two_real_fedi_up_at_once_the_second_is_refused_and_nothing_is_lost(fedi_dirs) -> None:
+    """The issue's case with two real `fedi up` processes of one local stack: the first waits at its
+    confirmation (holding the lock, with a terminal), the second is refused with exit 10 naming it;
+    the first then goes on undisturbed (here: declined, so it forgets what it stored)."""
+    import pty
+    import select
+
+    state = fedi_dirs / "state"
+    before = _tree(state)
+    up = ["up", "--provider", "local", "--software", "lemmy", "--size", "tiny", "--domain", "busy.localhost"]
+    leader, follower = pty.openpty()
+    first = subprocess.Popen(
+        [BIN / "fedi", *up], stdin=follower, stdout=follower, stderr=follower, env=os.environ.copy(), close_fds=True
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        for _ in range(600):  # bounded: about 60 s for rendering the bundle and the plan
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(leader, 65536)
+                except OSError:  # the first run ended (its terminal closed)
+                    break
+            if b"as above?" in seen or first.poll() is not None:
+                break
+        if b"as above?" not in seen:
+            first.wait(timeout=60)
+            if first.returncode == 3:
+                pytest.skip(f"the local provider cannot run here: {seen.decode(errors='replace').strip()[-300:]}")
+            raise AssertionError(f"the first `fedi up` never asked: {seen.decode(errors='replace')[-2000:]}")
+
+        second = _fedi(*up, "--yes")
+        assert second.returncode == 10, second.stdout + second.stderr
+        who = re.escape(f"`fedi up` by {getpass.getuser()}@{socket.gethostname()} (pid {first.pid})")
+        since = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+        line = rf"fedi: stack busy-localhost is busy: {who} since {since}; nothing was changed, .*"
+        assert re.fullmatch(line, second.stderr.strip()), second.stderr
+
+        os.write(leader, b"n\n")  # the first run goes on: declined, it forgets the secrets it stored
+        assert first.wait(timeout=120) == 9
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+        os.close(leader)
+    assert _tree(state) == before
