@@ -55,6 +55,30 @@ def test_only_expired_ephemeral_stacks_are_destroyed(provider):
     assert sorted(provider.engine.stack_names()) == sorted([fresh, prod, staging])
 
 
+def test_a_stack_another_run_is_changing_is_skipped_not_destroyed(provider):
+    """An expired stack that a `fedi up` (another process) holds right now: left for the next sweep."""
+    import os
+    import subprocess
+    import sys
+
+    expired = _up(provider, "old.test.example.org", ephemeral=True, ttl_hours=1)
+    holder = "import sys\nfrom provision import stacklock\nwith stacklock.hold(sys.argv[1], 'fedi up'):\n"
+    holder += "    print('held', flush=True)\n    sys.stdin.read()\n"
+    other = subprocess.Popen(
+        [sys.executable, "-c", holder, expired], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        done = sweep.sweep(provider, now=CREATED + 3 * 3600)
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    assert [(i.name, i.action.split(":")[0]) for i in done] == [(expired, "skipped")]
+    assert "`fedi up` by " in done[0].action
+    assert expired in provider.engine.stack_names()
+
+
 def _labels(stack, ephemeral, expires=None, managed=True):
     labels = {"fedi-stack": stack, "fedi-ephemeral": "true" if ephemeral else "false"}
     if managed:
