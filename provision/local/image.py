@@ -60,6 +60,8 @@ PACKAGES: tuple[str, ...] = (
     "cloud-init",
     "python3-psycopg2",
     "zstd",
+    # Not used by the playbook: the auditor tests/test_security_testhost.py runs inside the test host.
+    "lynis",
 )
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

@@ -1,0 +1,178 @@
+"""One Debian 13 test host configured by fedi's own remote step, and the auditors run against it.
+
+Shared by tests/test_security_testhost.py (one host for the module) and bench/security.py. The host is
+booted with systemd-nspawn (provision.local.machine), configured over paramiko by
+provision.remote.configure with a real rendered bundle (the app's containers are not started: no
+registry here), and then audited from outside (ssh-audit over its veth address) and inside (lynis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DATA = ROOT / "tests" / "data"
+SSH_AUDIT_POLICY = DATA / "ssh-audit-policy.txt"
+SSH_AUDIT_ALLOWED = DATA / "ssh-audit-allowed.txt"
+RUNTIME = {"fedi_volume_device": "", "fedi_start_app": False, "fedi_bundle_dir": "/opt/fedi/bundle"}
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class SecurityHost:
+    software: str
+    domain: str
+    machine: object  # provision.local.machine.Machine
+    access: object  # provision.model.HostAccess, pinned to the rotated host key
+    bundle: Path
+
+    def sh(self, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        from provision.local import machine
+
+        return machine.run_in(self.machine, ["bash", "-c", script], timeout=timeout)
+
+
+@contextlib.contextmanager
+def configured_host(work: Path, software: str = "lemmy") -> Iterator[SecurityHost]:
+    """Render, boot, configure through fedi's remote step; destroy the machine afterwards."""
+    from provision.local import image, machine, manual
+    from provision.model import Bundle, HostAccess
+    from provision.remote.configure import configure
+
+    domain = f"{software}.localhost"
+    env = {**os.environ, **{f"FEDI_{k}_DIR": str(work / k.lower()) for k in ("STATE", "CACHE", "CONFIG")}}
+    bundle_dir = work / "bundle"
+    render = [BIN / "fedi", "render", "--software", software, "--size", "tiny", "--domain", domain]
+    proc = subprocess.run(
+        [*render, "--provider", "local", "--out", str(bundle_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fedi render failed: {proc.stdout}{proc.stderr}")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    image.ensure_image(_progress)
+    state = work / "state"
+    name = f"fedi-sec-{uuid.uuid4().hex[:6]}"
+    directory = machine.machine_dir(name, state)
+    directory.mkdir(parents=True, mode=0o700)
+    boot = manual.dev_bootstrap(directory)
+    try:
+        machine.create(name, boot, _progress, state=state)
+        booted = machine.boot(name, _progress, cpus=2, memory_mb=4096, state=state)
+        access = HostAccess(
+            address=booted.address, user="fedi", host_key=boot.host_keys[0].public, client_key=directory / "client_key"
+        )
+        bundle = Bundle(bundle_dir, manifest, "", access.host_key)
+        result = configure(access, bundle, RUNTIME, _progress, ansible_dir=ROOT / "ansible", log_dir=work / "logs")
+        yield SecurityHost(software, domain, booted, replace(access, host_key=result.host_key), bundle_dir)
+    finally:
+        machine.destroy(name, _progress, state=state, purge_backups=True)
+
+
+# ---- ssh-audit ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "fail" or "warn"
+    kind: str  # kex, key, enc, mac, or "recommendation"/"cve"
+    algorithm: str
+    note: str
+
+    def key(self) -> tuple[str, str]:
+        return (self.level, self.algorithm)
+
+
+def ssh_audit_json(address: str, *extra: str, timeout: float = 300) -> tuple[int, dict]:
+    proc = subprocess.run(
+        [BIN / "ssh-audit", "-j", "-n", *extra, address], capture_output=True, text=True, timeout=timeout
+    )
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"ssh-audit printed no JSON (rc {proc.returncode}): {proc.stdout}{proc.stderr}") from None
+
+
+def findings(report: dict) -> list[Finding]:
+    """Every failure and warning of a standard ssh-audit report, algorithms and CVEs alike."""
+    found = []
+    for kind in ("kex", "key", "enc", "mac"):
+        for entry in report.get(kind) or []:
+            notes = entry.get("notes") or {}
+            for level in ("fail", "warn"):
+                for note in notes.get(level) or []:
+                    found.append(Finding(level, kind, entry["algorithm"], note))
+    for cve in report.get("cves") or []:
+        found.append(Finding("fail", "cve", cve.get("name", "?"), cve.get("description", "")))
+    for note in report.get("additional_notes") or []:
+        if "DHEat" in note:  # the connection-rate probe: ssh-audit's text output shows it as a warning
+            found.append(Finding("warn", "note", "DHEat", note))
+    return found
+
+
+def allowed_findings(path: Path = SSH_AUDIT_ALLOWED) -> dict[tuple[str, str], str]:
+    """The allow-list: `LEVEL ALGORITHM -- reason` lines; a reason is required."""
+    allowed = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"(warn|fail)\s+(\S+)\s+--\s+(\S.*)", line)
+        if not match:
+            raise ValueError(f"{path.name}:{number}: expected 'warn|fail ALGORITHM -- reason': {raw!r}")
+        allowed[(match.group(1), match.group(2))] = match.group(3)
+    return allowed
+
+
+# ---- lynis -------------------------------------------------------------------------------------
+
+LYNIS_REPORT = "/var/log/lynis-report.dat"
+
+
+@dataclass(frozen=True)
+class LynisReport:
+    hardening_index: int
+    tests_performed: int
+    warnings: list[tuple[str, str]]  # (test id, text)
+    suggestions: list[tuple[str, str]]  # (test id, text)
+
+
+def parse_lynis_report(text: str) -> LynisReport:
+    """lynis-report.dat: `key=value` lines; warning[] and suggestion[] are `TEST-ID|text|details|solution|`."""
+    index, performed, warnings, suggestions = None, 0, [], []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "hardening_index":
+            index = int(value)
+        elif key == "lynis_tests_done":
+            performed = int(value)
+        elif key in ("warning[]", "suggestion[]"):
+            test_id, _, rest = value.partition("|")
+            text_part = rest.split("|")[0]
+            (warnings if key == "warning[]" else suggestions).append((test_id, text_part))
+    if index is None:
+        raise ValueError("lynis report has no hardening_index")
+    return LynisReport(index, performed, warnings, suggestions)
+
+
+def run_lynis(host: SecurityHost) -> tuple[LynisReport, str]:
+    """`lynis audit system` inside the host; returns the parsed report and lynis's own screen output."""
+    proc = host.sh(f"lynis audit system --quick --no-colors --report-file {LYNIS_REPORT} 2>&1", timeout=900)
+    report = host.sh(f"cat {LYNIS_REPORT}")
+    if report.returncode != 0:
+        raise AssertionError(f"lynis wrote no report (rc {proc.returncode}): {proc.stdout[-3000:]}")
+    return parse_lynis_report(report.stdout), proc.stdout
