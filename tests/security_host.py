@@ -162,8 +162,10 @@ def parse_lynis_report(text: str) -> LynisReport:
             performed = int(value)
         elif key in ("warning[]", "suggestion[]"):
             test_id, _, rest = value.partition("|")
-            text_part = rest.split("|")[0]
-            (warnings if key == "warning[]" else suggestions).append((test_id, text_part))
+            fields = rest.split("|")
+            details = fields[1] if len(fields) > 1 and fields[1] not in ("", "-") else ""
+            entry = f"{fields[0]} ({details})" if details else fields[0]
+            (warnings if key == "warning[]" else suggestions).append((test_id, entry))
     if index is None:
         raise ValueError("lynis report has no hardening_index")
     return LynisReport(index, performed, warnings, suggestions)

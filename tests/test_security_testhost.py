@@ -9,11 +9,14 @@ last: its connection-rate probe makes OpenSSH's PerSourcePenalties hold back thi
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
 import pytest
 from security_host import (
+    ROOT,
+    RUNTIME,
     SSH_AUDIT_ALLOWED,
     SSH_AUDIT_POLICY,
     allowed_findings,
@@ -26,7 +29,12 @@ from security_host import (
 pytestmark = pytest.mark.testhost
 
 # The lowest lynis hardening index a configured server may have (bench/security.json records the figures).
-LYNIS_FLOOR = 60  # measured 64 before the host hardening (bench/security.json "before")
+# Measured: 64 before the host hardening, 76 after (bench/security.json). Two points of room: in the test
+# host (a container) lynis reads the kernel-wide sysctls of the machine running it, not fedi's.
+LYNIS_FLOOR = 74
+# lynis tests whose suggestion or warning the playbook follows (ansible/roles/base/tasks/hardening.yml).
+FOLLOWED = {"KRNL-5820", "USB-1000", "STRG-1846", "NETW-3200", "BANN-7126", "BANN-7130", "AUTH-9230", "DBS-1828"}
+FOLLOWED |= {"PKGS-7388", "HOME-9304", "FILE-7524"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +71,17 @@ def test_sshd_offers_only_the_drop_ins_algorithms(host) -> None:
     assert effective["hostkeyalgorithms"] == "ssh-ed25519"
 
 
+def test_a_second_configure_changes_nothing(host, tmp_path) -> None:
+    """The hardening converges: fedi's remote step run again reports changed=0."""
+    from provision.model import Bundle
+    from provision.remote.configure import configure
+
+    manifest = json.loads((host.bundle / "manifest.json").read_text())
+    bundle = Bundle(host.bundle, manifest, "", host.access.host_key)
+    again = configure(host.access, bundle, RUNTIME, lambda _: None, ansible_dir=ROOT / "ansible", log_dir=tmp_path)
+    assert (again.changed, again.failed) == (0, 0), again.log_path.read_text()[-3000:]
+
+
 def test_lynis_hardening_index(host) -> None:
     """lynis inside the host: the hardening index stays at or above the recorded floor (bench/security.py
     records the figures); every lynis warning and suggestion is printed for the reader."""
@@ -73,6 +92,8 @@ def test_lynis_hardening_index(host) -> None:
     for test_id, text in report.suggestions:
         print(f"  suggestion {test_id}: {text}")
     assert report.tests_performed > 100
+    followed = [(test, text) for test, text in report.warnings + report.suggestions if test in FOLLOWED]
+    assert followed == [], "lynis still reports what the playbook follows"
     assert report.hardening_index >= LYNIS_FLOOR
 
 

@@ -55,6 +55,8 @@ PACKAGES: tuple[str, ...] = (
     "unattended-upgrades",
     "nftables",
     "systemd-timesyncd",
+    "debsums",
+    "apt-show-versions",
     "iproute2",
     "curl",
     "cloud-init",
