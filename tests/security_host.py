@@ -178,3 +178,51 @@ def run_lynis(host: SecurityHost) -> tuple[LynisReport, str]:
     if report.returncode != 0:
         raise AssertionError(f"lynis wrote no report (rc {proc.returncode}): {proc.stdout[-3000:]}")
     return parse_lynis_report(report.stdout), proc.stdout
+
+
+# ---- testssl.sh --------------------------------------------------------------------------------
+
+TESTSSL_ALLOWED = DATA / "testssl-allowed.txt"
+STANDIN_PAGE = "<!doctype html><title>stand-in</title>" + "<p>A page the size of a small app page.</p>" * 60
+
+
+def start_standins(host: SecurityHost) -> list[int]:
+    """The app's containers cannot start here: answer on every port Caddy proxies to with a static page
+    (large enough for Caddy to compress it, as it compresses the apps' pages)."""
+    caddyfile = next(host.bundle.rglob("Caddyfile")).read_text()
+    ports = sorted({int(p) for p in re.findall(r"reverse_proxy\s+127\.0\.0\.1:(\d+)", caddyfile)})
+    host.sh(f"mkdir -p /srv/standin && printf '%s' '{STANDIN_PAGE}' > /srv/standin/index.html")
+    for port in ports:
+        proc = host.sh(
+            f"systemd-run --unit=fedi-standin-{port} -- python3 -m http.server {port} --bind 127.0.0.1 "
+            "--directory /srv/standin"
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"stand-in on {port}: {proc.stderr}")
+    return ports
+
+
+def run_testssl(address: str, domain: str, out: Path, timeout: float = 900) -> list[dict]:
+    """testssl.sh (Debian's) against Caddy: protocols, cipher categories, forward secrecy, HTTP headers,
+    vulnerabilities. Returns its JSON findings (id, severity, finding)."""
+    argv = ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--jsonfile", str(out), "--ip", address]
+    proc = subprocess.run(
+        [*argv, "-p", "-s", "-f", "-h", "-U", f"https://{domain}/"], capture_output=True, text=True, timeout=timeout
+    )
+    if not out.exists():
+        raise AssertionError(f"testssl wrote no JSON (rc {proc.returncode}): {proc.stdout[-3000:]}{proc.stderr}")
+    return json.loads(out.read_text())
+
+
+def allowed_testssl(path: Path = TESTSSL_ALLOWED) -> dict[str, str]:
+    """`ID -- reason` lines: testssl findings rated above LOW that are accepted, each with its reason."""
+    allowed = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"(\S+)\s+--\s+(\S.*)", line)
+        if not match:
+            raise ValueError(f"{path.name}:{number}: expected 'ID -- reason': {raw!r}")
+        allowed[match.group(1)] = match.group(2)
+    return allowed
