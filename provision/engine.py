@@ -251,12 +251,14 @@ class PulumiEngine:
                 self._run(cfg.stack, lambda: stack.workspace.remove_stack(cfg.stack))
         return planned
 
-    def up(self, cfg, progress: Progress) -> dict[str, Any]:
+    def up(self, cfg, progress: Progress, *, refresh: bool = False) -> dict[str, Any]:
+        """``refresh``: read the resources' real state first (a server found gone is then created anew)."""
         from stacks.hetzner import inline
 
         stack = self._stack(cfg.stack, inline(cfg))
         started = time.monotonic()
-        result = self._run(cfg.stack, lambda: stack.up(on_event=_progress_events(progress, started)))
+        events = _progress_events(progress, started)
+        result = self._run(cfg.stack, lambda: stack.up(on_event=events, refresh=refresh or None))
         return {k: v.value for k, v in result.outputs.items()}
 
     def outputs(self, name: str) -> dict[str, Any]:

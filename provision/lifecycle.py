@@ -225,6 +225,8 @@ def _up(
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
     existed = _exists(provider, spec.stack_name)
+    if existed:  # a lost server is re-created with a fresh bootstrap host key, pinned for it alone
+        provider.renew_bootstrap_key(spec, progress)
     secrets = provider.secrets(spec)
     progress("rendering the bundle")
     bundle = render(spec, sz, secrets, provider, steps)

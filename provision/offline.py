@@ -186,7 +186,8 @@ class OfflineEngine:
             planned.append(PlannedResource(r.type, r.name, action, r.inputs))
         return planned
 
-    def up(self, cfg, progress) -> dict[str, Any]:
+    def up(self, cfg, progress, *, refresh: bool = False) -> dict[str, Any]:
+        """``refresh``: the server was found gone, so a new one (a new id) is created."""
         data = self._load(cfg.stack)
         before = data.get("resources") or {}
         self.last_run = run(cfg)
@@ -198,7 +199,8 @@ class OfflineEngine:
         outputs = dict(self.last_run.outputs)
         if data.get("outputs"):  # a real backend keeps the cloud's ids and addresses across updates
             for key in ("ipv4", "ipv6", "server_id", "volume_id", "volume_device"):
-                outputs[key] = data["outputs"].get(key, outputs.get(key))
+                if not (refresh and key == "server_id"):
+                    outputs[key] = data["outputs"].get(key, outputs.get(key))
         data.update(resources=after, outputs=outputs, updated=utc_iso())
         self._save(cfg.stack, data)
         return outputs

@@ -67,6 +67,36 @@ def test_pin_host_key_and_outputs_without_a_machine(fedi_dirs):
         prov.pin_host_key(spec.stack_name, " ")
 
 
+def test_the_pin_follows_the_machine_and_a_new_machine_gets_a_fresh_bootstrap_key(fedi_dirs):
+    from provision.local import machine
+
+    prov = local_provider.provider()
+    spec = _spec()
+    secrets = prov.secrets(spec)
+    prov._store().update(spec.stack_name, bootstrap_host_key=secrets["ssh_host_ed25519_key_pub"])
+    marker = machine.machine_dir(spec.stack_name) / "bootstrapped"
+    marker.write_text("first-machine\n")  # what machine.create writes: the machine's identity
+    lines: list[str] = []
+    assert prov.renew_bootstrap_key(spec, lines.append) is False  # never configured: nothing to renew
+    prov.pin_host_key(spec.stack_name, "ssh-ed25519 AAAArotated")
+    assert prov.outputs(spec.stack_name).access.host_key == "ssh-ed25519 AAAArotated"
+    assert prov.renew_bootstrap_key(spec, lines.append) is False  # the machine is still there
+
+    marker.unlink()  # the machine and its disk are lost; this computer keeps the stack
+    assert prov.outputs(spec.stack_name).access.host_key == secrets["ssh_host_ed25519_key_pub"]
+    assert prov.renew_bootstrap_key(spec, lines.append) is True
+    renewed = prov.secrets(spec)
+    assert renewed["ssh_host_ed25519_key_pub"] != secrets["ssh_host_ed25519_key_pub"]
+    assert {k: v for k, v in renewed.items() if "host" not in k} == {
+        k: v for k, v in secrets.items() if "host" not in k
+    }
+    assert prov.outputs(spec.stack_name).access.host_key == renewed["ssh_host_ed25519_key_pub"]
+    assert lines == [f"the machine of {spec.stack_name} is gone: the new one gets a fresh one-time host key"]
+    marker.write_text("second-machine\n")  # the new machine, not configured yet: its bootstrap key
+    assert prov.outputs(spec.stack_name).access.host_key == renewed["ssh_host_ed25519_key_pub"]
+    assert prov.renew_bootstrap_key(spec, lines.append) is False
+
+
 def test_outputs_of_unknown_stack_is_one_line():
     with pytest.raises(ProvisionError, match="no local stack"):
         local_provider.provider().outputs("nope-localhost")

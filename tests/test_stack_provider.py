@@ -229,3 +229,71 @@ def test_adopting_another_stacks_app_secrets_keeps_its_own_keys_and_its_server(h
     before = render_bundle(spec, sizing(spec), own, None, tmp_path / "before")
     after = render_bundle(spec, sizing(spec), now, None, tmp_path / "after")
     assert after.cloud_init == before.cloud_init
+
+
+def test_the_pin_follows_the_server_id(hetzner):
+    _, out, _ = _up(hetzner)
+    bootstrap = out.access.host_key
+    hetzner.pin_host_key(out.stack, "ssh-ed25519 AAAAnew rotated")
+    assert hetzner.engine.read_config(out.stack, "host_key_server") == out.server_id
+    # a server with another id (re-created outside fedi) is not trusted with the lost one's key
+    hetzner.engine.write_config(out.stack, "host_key_server", "999999", secret=False)
+    assert hetzner.outputs(out.stack).access.host_key == bootstrap
+
+
+def test_a_lost_server_is_re_created_with_a_fresh_bootstrap_key(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+    gone: set[str] = set()
+    asked: list[str] = []
+
+    def exists(server_id: str) -> bool:
+        asked.append(server_id)
+        return server_id not in gone
+
+    class Engine(OfflineEngine):
+        refreshed = 0
+
+        def up(self, cfg, progress, *, refresh=False):
+            Engine.refreshed += refresh
+            return super().up(cfg, progress, refresh=refresh)
+
+    prov = HetznerProvider(engine=Engine(), exists=exists)
+    spec, out, _ = _up(prov)
+    lines: list[str] = []
+    assert prov.renew_bootstrap_key(spec, lines.append) is False  # never configured: nothing pinned yet
+    prov.pin_host_key(out.stack, "ssh-ed25519 AAAAnew rotated")
+    before = prov.secrets(spec)
+    assert prov.renew_bootstrap_key(spec, lines.append) is False and asked == [out.server_id]
+    gone.add(out.server_id)
+    assert prov.renew_bootstrap_key(spec, lines.append) is True
+    after = prov.secrets(spec)
+    assert after["ssh_host_ed25519_key_pub"] != before["ssh_host_ed25519_key_pub"]
+    assert after["ssh_client_key"] == before["ssh_client_key"] and after["db_password"] == before["db_password"]
+    assert prov.outputs(out.stack).access.host_key != "ssh-ed25519 AAAAnew rotated"
+    assert lines == [
+        f"server {out.server_id} of {out.stack} is gone: a new one is created with a fresh one-time host key"
+    ]
+    prov.up(spec, sizing(spec), bundle_of(), lambda _line: None)
+    prov.up(spec, sizing(spec), bundle_of(), lambda _line: None)
+    assert Engine.refreshed == 1  # only the up right after the loss refreshes
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"), [(200, True), (404, False), (401, ProvisionError), (500, ProvisionError)]
+)
+def test_server_exists_asks_the_api_and_only_a_404_means_gone(status, expected):
+    from provision.providers.hetzner import server_exists
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.path} {request.headers['Authorization']}")
+        return httpx.Response(status, json={})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        if expected is ProvisionError:
+            with pytest.raises(ProvisionError):
+                server_exists("42", "tok", base_url="http://api.test/v1", client=client)
+        else:
+            assert server_exists("42", "tok", base_url="http://api.test/v1", client=client) is expected
+    assert seen == ["/v1/servers/42 Bearer tok"]

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,8 +231,18 @@ def create(name: str, boot: bootstrap.Bootstrap, progress: Progress, *, state: P
     if boot.ignored:
         progress(f"  note: cloud-init keys not applied by the local provider: {', '.join(boot.ignored)}")
     (directory / "backups").mkdir(exist_ok=True, mode=0o700)
-    (directory / "bootstrapped").write_text("")
+    # The machine's identity: a new one for every machine created, so a host key pinned for a lost
+    # machine is never taken for this one's (providers.local pins the key together with it).
+    (directory / "bootstrapped").write_text(uuid.uuid4().hex + "\n")
     return directory
+
+
+def server_id(name: str, state: Path | None = None) -> str:
+    """The identity of the machine created for ``name`` ('' if there is none)."""
+    try:
+        return (machine_dir(name, state) / "bootstrapped").read_text().strip() or "unnamed"  # made before ids
+    except FileNotFoundError:
+        return ""
 
 
 def _launch(

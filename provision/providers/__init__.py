@@ -84,7 +84,13 @@ class Provider(Protocol):
         """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
-        """Store the server's new host key (the playbook rotates the one-time bootstrap key)."""
+        """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
+        with the server's identity: a server created later (after a loss) is not trusted with it."""
+
+    def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
+        """Before `up`: if the stack's configured server is gone (lost with its disk, deleted), so that
+        `up` creates a new one, give that one a fresh one-time bootstrap host key and drop the lost
+        server's pin. True if it did. Never creates or changes a server."""
 
 
 def get_provider(name: str, **options: Any) -> Provider:

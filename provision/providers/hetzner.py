@@ -113,15 +113,41 @@ def wait_for_dns(
         sleep(interval)
 
 
+def server_exists(server_id: str, token: str, *, base_url: str | None = None, client: Any = None) -> bool:
+    """Whether Hetzner still has the server (GET /servers/{id}); only a 404 answers no."""
+    import httpx
+
+    base = base_url or os.environ.get("FEDI_HCLOUD_API") or API_URL
+    own = client is None
+    client = client or httpx.Client(timeout=10.0)
+    try:
+        try:
+            reply = client.get(f"{base}/servers/{int(server_id)}", headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise ProvisionError(f"cannot reach the Hetzner API to look up server {server_id}: {exc}") from None
+        if reply.status_code == 404:
+            return False
+        if reply.status_code == 401:
+            raise ProvisionError("Hetzner refused the token", hint="HCLOUD_TOKEN must be a Read & Write token")
+        if reply.status_code != 200:
+            raise ProvisionError(f"the Hetzner API answered {reply.status_code} to a server look-up")
+        return True
+    finally:
+        if own:
+            client.close()
+
+
 class HetznerProvider:
     name = "hetzner"
 
-    def __init__(self, engine: Any = None, backend: str | None = None):
+    def __init__(self, engine: Any = None, backend: str | None = None, exists: Any = None):
         if engine is None:
             from provision.engine import PulumiEngine
 
             engine = PulumiEngine(backend)
         self.engine = engine
+        self.exists = exists  # server id -> does Hetzner still have it (None: ask its API; offline: never)
+        self._refresh = False  # the next `up` refreshes first: the server was found gone
 
     # -- before anything is created --
 
@@ -212,6 +238,9 @@ class HetznerProvider:
 
     def _apply(self, cfg: StackConfig, progress: Progress) -> dict[str, Any]:
         self.engine.write_config(cfg.stack, "stackconfig", config_to_json(cfg), secret=True)
+        if self._refresh:  # Pulumi's state still lists the lost server: read what is really there first
+            self._refresh = False
+            return self.engine.up(cfg, progress, refresh=True)
         return self.engine.up(cfg, progress)
 
     # -- the Provider protocol --
@@ -287,6 +316,9 @@ class HetznerProvider:
             raise ProvisionError(f"stack {stack!r} has no resources yet", hint="run `fedi up`")
         cfg = self.stored_config(stack)
         pinned = self.engine.read_config(stack, "host_key") or ""
+        pinned_for = self.engine.read_config(stack, "host_key_server")
+        if pinned_for is not None and pinned_for != str(out.get("server_id", "")):
+            pinned = ""  # pinned for a server that is gone: this one shows its bootstrap key
         secrets_text = self.engine.read_config(stack, "secrets")
         client_key = None
         if secrets_text:
@@ -338,7 +370,36 @@ class HetznerProvider:
         return found
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
+        """Pin the key together with the server id that showed it: a re-created server is another one."""
+        server_id = str(self.engine.outputs(stack).get("server_id", ""))
         self.engine.write_config(stack, "host_key", host_key.strip(), secret=False)
+        self.engine.write_config(stack, "host_key_server", server_id, secret=False)
+
+    def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
+        """The stack's server was deleted or lost (Hetzner answers 404 for its id): the next `up` refreshes
+        and creates a new server, which gets a fresh one-time host key (the lost one's user-data was
+        readable on it); the lost server's pin is dropped."""
+        from provision.secrets import ssh_ed25519_keypair
+
+        stack = spec.stack_name
+        exists = self.exists
+        if exists is None:
+            if self.engine.offline:
+                return False
+            exists = lambda sid: server_exists(sid, os.environ.get("HCLOUD_TOKEN", ""))  # noqa: E731
+        server_id = str(self.engine.outputs(stack).get("server_id", ""))
+        stored = self.engine.read_config(stack, "secrets")
+        if not server_id or not stored or not self.engine.read_config(stack, "host_key"):
+            return False
+        if exists(server_id):
+            return False
+        private, public = ssh_ed25519_keypair(f"root@{spec.domain}")
+        secrets = {**json.loads(stored), "ssh_host_ed25519_key": private, "ssh_host_ed25519_key_pub": public}
+        self.engine.write_config(stack, "secrets", json.dumps(secrets, sort_keys=True), secret=True)
+        self.engine.write_config(stack, "host_key", "", secret=False)
+        self._refresh = True
+        progress(f"server {server_id} of {stack} is gone: a new one is created with a fresh one-time host key")
+        return True
 
 
 def _record(out: dict[str, Any]) -> dict[str, Any]:

@@ -211,8 +211,8 @@ class LocalProvider:
         start_app = booted.extra.get("internet") == "yes"
         doc = self._doc(name)
         changes: dict[str, Any] = {"machine": name, "address": booted.address, "start_app": start_app}
-        if not doc.get("bootstrap_host_key"):
-            changes["bootstrap_host_key"] = bundle.host_public_key
+        if not doc.get("bootstrap_host_key") or not self._pinned(doc, machine.server_id(name)):
+            changes["bootstrap_host_key"] = bundle.host_public_key  # what a machine that was never configured shows
         self._store().update(name, **changes)
         self._client_key_file(name, secrets["ssh_client_key"])
         progress("  the machine pulls the app's images through this host" if start_app else f"  {APP_NOTE}")
@@ -299,7 +299,7 @@ class LocalProvider:
                 address=address,
                 port=22,
                 user="fedi",
-                host_key=doc.get("host_key") or doc.get("bootstrap_host_key", ""),
+                host_key=self._pinned(doc, machine.server_id(stack)) or doc.get("bootstrap_host_key", ""),
                 client_key=key,
             ),
             ipv4=address,
@@ -344,9 +344,37 @@ class LocalProvider:
         store.update(stack, secrets=carried_over(old, store.load(stack).get("secrets") or {}))
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
+        """Pin the key together with the machine that showed it: a later machine is another server."""
+        from provision.local import machine
+
         if not host_key.strip():
             raise ProvisionError("refusing to pin an empty host key")
-        self._store().update(stack, host_key=host_key.strip())
+        self._store().update(stack, host_key=host_key.strip(), host_key_server=machine.server_id(stack))
+
+    @staticmethod
+    def _pinned(doc: dict[str, Any], server: str) -> str:
+        """The pinned key if it was pinned for ``server`` (a pin from before identities counts)."""
+        key = doc.get("host_key") or ""
+        return key if key and doc.get("host_key_server", server) == server else ""
+
+    def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
+        """The machine and its disk are gone but the stack is kept: the machine `up` creates is a new
+        server. Give it a fresh one-time host key (the lost one's was readable on it) and forget the pin."""
+        from provision.local import machine
+        from provision.secrets import ssh_ed25519_keypair
+
+        store = self._store()
+        name = spec.stack_name
+        if not store.exists(name) or machine.server_id(name):
+            return False
+        doc = store.load(name)
+        if not doc.get("host_key") or not doc.get("secrets"):
+            return False  # never configured: its bootstrap key was never used
+        private, public = ssh_ed25519_keypair(f"root@{spec.domain}")
+        secrets = {**doc["secrets"], "ssh_host_ed25519_key": private, "ssh_host_ed25519_key_pub": public}
+        store.update(name, secrets=secrets, bootstrap_host_key=public, host_key="", host_key_server="")
+        progress(f"the machine of {name} is gone: the new one gets a fresh one-time host key")
+        return True
 
 
 def provider(**options: Any) -> LocalProvider:
