@@ -25,6 +25,7 @@ ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's
 SOURCE_ENV_FILE = "/etc/fedi/restic-source.env"  # another stack's repository settings, during --into only
 LAST_BACKUP = "/var/lib/fedi/last-backup"  # ISO 8601 UTC time of the last good backup (fedi status)
 LAST_SUMMARY = "/var/lib/fedi/last-backup.json"  # restic's summary of that run
+MANUAL_MARK = "/var/lib/fedi/backup-manual"  # `fedi backup now` asked: fedi-backup tags the run manual
 BUNDLE_SECRETS = "/opt/fedi/bundle/secrets.json"  # the bundle's app secrets; a restore brings back the old one
 LOCAL_REPOSITORY = "/var/backups/fedi/restic"  # the repository without a backups bucket
 REPOSITORY_KEYS = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -96,6 +97,16 @@ def backup_now_argv() -> list[str]:
     return ["systemctl", "start", "fedi-backup.service"]
 
 
+def mark_manual_argv() -> list[str]:
+    """Before backup_now_argv: the run is the admin's, so fedi-backup tags it manual, not auto."""
+    return ["install", "-D", "-m", "0600", "/dev/null", MANUAL_MARK]
+
+
+def unmark_manual_argv() -> list[str]:
+    """After it: a run that never started must not leave the mark for the next scheduled one."""
+    return ["rm", "-f", MANUAL_MARK]
+
+
 def journal_argv(unit: str = "fedi-backup.service", lines: int = 15) -> list[str]:
     return ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"]
 
@@ -108,7 +119,7 @@ def list_argv() -> list[str]:
     return [f"{SBIN}/fedi-backup", "list", "--json"]
 
 
-def verify_argv(snapshot: str = "latest") -> list[str]:
+def verify_argv(snapshot: str = "expected") -> list[str]:
     return [f"{SBIN}/fedi-restore", "verify", check_snapshot(snapshot)]
 
 
@@ -150,7 +161,7 @@ def status_argvs() -> tuple[list[str], list[str]]:
 
 
 def check_snapshot(snapshot: str) -> str:
-    if snapshot != "latest" and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
+    if snapshot not in ("latest", "expected") and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
         raise UsageError(f"snapshot: {snapshot!r} is not a snapshot id (hex, from `fedi backup list`) or latest")
     return snapshot
 
@@ -164,13 +175,17 @@ class Snapshot:
     short_id: str
     time: str  # ISO 8601, as restic reports it
     hostname: str
-    tags: tuple[str, ...]  # fedi, app:<app>, size:<size>, host:<name>, auto | safety
+    tags: tuple[str, ...]  # fedi, app:<app>, size:<size>, host:<name>, auto | manual | safety
     size_bytes: int | None  # restore size of the snapshot
     data_added: int | None  # new data this snapshot added to the repository (restic >= 0.17)
 
     @property
     def kind(self) -> str:
-        return "safety" if "safety" in self.tags else "scheduled"
+        """safety (before a restore), manual (`fedi backup now`) or scheduled (the timer)."""
+        for tag in ("safety", "manual"):
+            if tag in self.tags:
+                return tag
+        return "scheduled"
 
 
 def parse_snapshots(stdout: str) -> list[Snapshot]:
@@ -255,7 +270,11 @@ def _last_line(*texts: str) -> str:
 
 def backup_now(access: HostAccess, runner: Runner | None = None) -> BackupRun:
     runner = runner or default_runner
-    rc, out, err = runner(access, privileged(backup_now_argv(), access.user))
+    runner(access, privileged(mark_manual_argv(), access.user))
+    try:
+        rc, out, err = runner(access, privileged(backup_now_argv(), access.user))
+    finally:
+        runner(access, privileged(unmark_manual_argv(), access.user))
     if rc != 0:
         _, jout, _ = runner(access, privileged(journal_argv(), access.user))
         raise BackupError(
@@ -292,8 +311,11 @@ def status(access: HostAccess, runner: Runner | None = None) -> BackupStatus:
     return parse_status(last if rc == 0 else "", shown, datetime.now(UTC))
 
 
-def verify(access: HostAccess, snapshot: str = "latest", runner: Runner | None = None) -> dict[str, Any]:
-    """Scratch-restore and compare. Returns the report; its "ok" is False on a difference (exit 2)."""
+def verify(access: HostAccess, snapshot: str = "expected", runner: Runner | None = None) -> dict[str, Any]:
+    """Scratch-restore and compare. Returns the report; its "ok" is False on a difference (exit 2).
+
+    ``expected``: the snapshot the live data should match (the one last restored, unless a regular
+    backup came after it; else the newest regular one); the report's "compared_with" says which."""
     runner = runner or default_runner
     rc, out, err = runner(access, privileged(verify_argv(snapshot), access.user))
     if rc not in (0, 2):

@@ -134,7 +134,9 @@ def list_cmd(
 
 @backup_app.command("verify")
 def verify_cmd(
-    snapshot: Annotated[str, typer.Argument(help="snapshot id or latest")] = "latest",
+    snapshot: Annotated[
+        str, typer.Argument(help="snapshot id, latest, or expected: the one the live data should match")
+    ] = "expected",
     domain: Domain = None,
     stack: StackOpt = None,
     provider: Provider = None,
@@ -142,21 +144,35 @@ def verify_cmd(
     as_json: Json = False,
 ) -> None:
     """Restore SNAPSHOT's database into a scratch database on the server and compare its tables and row
-    counts with the live one. The live data is only read. Rows written since the snapshot show as
-    differences: run it right after `fedi backup now` for an exact comparison."""
+    counts with the live one. The live data is only read. By default it compares with the snapshot
+    the live data should match: the one last restored (unless a regular backup came after it), else
+    the newest regular backup, never a safety snapshot; it says which. Rows written since that
+    snapshot show as differences: run it right after `fedi backup now` for an exact comparison."""
     from provision import backup
 
     _, _, outputs = _target(stack, domain, provider, backend)
     report = backup.verify(_access(outputs), snapshot)
     lines = [
-        f"snapshot {report['snapshot'][:8]} ({report['snapshot_time'][:19]}): {report['tables']} tables, "
-        f"{report['rows_restored']} rows restored, {report['rows_live']} live"
+        f"snapshot {report['snapshot'][:8]} ({report['snapshot_time'][:19]}), {_why(report)}: "
+        f"{report['tables']} tables, {report['rows_restored']} rows restored, {report['rows_live']} live"
     ]
     lines += [f"  {d['table']}: live {d['live']}, restored {d['restored']}" for d in report["differences"]]
-    lines.append("verify: identical" if report["ok"] else "verify: DIFFERENT")
+    lines.append("verify: SAME" if report["ok"] else "verify: DIFFERENT")
     emit(report, as_json, "\n".join(lines))
     if not report["ok"]:
         raise typer.Exit(2)
+
+
+def _why(report: dict[str, Any]) -> str:
+    """Which snapshot verify compared with, in words."""
+    why = report.get("compared_with", "")
+    if why == "restored":
+        return f"the one restored at {report.get('restored_at') or '?'}"
+    if why == "newest-backup":
+        return "the newest regular backup"
+    if why == "newest":
+        return "the newest snapshot"
+    return "as asked"
 
 
 @backup_app.command("restore")

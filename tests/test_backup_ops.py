@@ -36,7 +36,10 @@ def test_commands_are_data():
     ]  # fmt: skip
     assert backup.privileged(["true"], user="root") == ["true"]
     assert backup.list_argv() == ["/usr/local/sbin/fedi-backup", "list", "--json"]
-    assert backup.verify_argv() == ["/usr/local/sbin/fedi-restore", "verify", "latest"]
+    assert backup.verify_argv() == ["/usr/local/sbin/fedi-restore", "verify", "expected"]
+    assert backup.verify_argv("latest") == ["/usr/local/sbin/fedi-restore", "verify", "latest"]
+    assert backup.mark_manual_argv() == ["install", "-D", "-m", "0600", "/dev/null", "/var/lib/fedi/backup-manual"]
+    assert backup.unmark_manual_argv() == ["rm", "-f", "/var/lib/fedi/backup-manual"]
     assert backup.restore_argv("1a2b3c4d") == ["/usr/local/sbin/fedi-restore", "1a2b3c4d", "--yes"]
     assert backup.restore_argv(safety=False, source_env="/etc/fedi/restic-source.env") == [
         "/usr/local/sbin/fedi-restore", "latest", "--yes", "--no-safety-snapshot",
@@ -126,6 +129,7 @@ class LocalServer:
             backup.ENV_FILE: str(self.host.env_file),
             backup.SOURCE_ENV_FILE: str(self.source_env),
             backup.BUNDLE_SECRETS: str(self.host.bundle_dir / "secrets.json"),
+            backup.MANUAL_MARK: str(self.host.state_dir / "backup-manual"),
         }
         return [mapping.get(a, a) for a in argv]
 
@@ -140,7 +144,7 @@ class LocalServer:
             return proc.returncode, proc.stdout, proc.stderr
         if argv[0] == "journalctl":
             return 0, "fedi-backup: run FAILED (exit 1); nothing local was deleted\n", ""
-        if argv[0] in ("cat", "rm"):
+        if argv[0] in ("cat", "rm", "install"):
             import subprocess
 
             proc = subprocess.run(argv, capture_output=True, text=True)
@@ -163,15 +167,27 @@ def test_now_list_verify_restore_through_provision_backup(world):
     run = backup.backup_now(ACCESS, runner=server.run)
     assert run.last_backup.endswith("Z") and len(run.snapshot_id) >= 8 and run.data_added > 0
     (snap,) = backup.list_snapshots(ACCESS, runner=server.run)
-    assert snap.id.startswith(run.snapshot_id) and snap.kind == "scheduled" and snap.size_bytes > 0
+    assert snap.id.startswith(run.snapshot_id) and snap.kind == "manual" and snap.size_bytes > 0
+    assert not (host.state_dir / "backup-manual").exists()
     report = backup.verify(ACCESS, runner=server.run)
     assert report["ok"] and report["database"] == "opsdb"
+    assert (report["snapshot"], report["compared_with"]) == (snap.id, "newest-backup")
     before = pg.psql("opsdb", FINGERPRINT)
     pg.psql("opsdb", "DELETE FROM media")
     result = backup.restore(ACCESS, snap.short_id, runner=server.run)
     assert result["snapshot"] == snap.id and pg.psql("opsdb", FINGERPRINT) == before
     kinds = sorted(s.kind for s in backup.list_snapshots(ACCESS, runner=server.run))
-    assert kinds == ["safety", "scheduled"]
+    assert kinds == ["manual", "safety"]
+    # The safety snapshot (of the rows being replaced) is the newest; verify compares with the restored one.
+    report = backup.verify(ACCESS, runner=server.run)
+    assert (report["snapshot"], report["compared_with"], report["ok"]) == (snap.id, "restored", True)
+    assert report["restored_at"].endswith("Z")
+    # A scheduled backup after the restore is what the live data matches from then on.
+    host.run("fedi-backup")
+    newest = backup.list_snapshots(ACCESS, runner=server.run)[0]
+    assert newest.kind == "scheduled"
+    report = backup.verify(ACCESS, runner=server.run)
+    assert (report["snapshot"], report["compared_with"], report["ok"]) == (newest.id, "newest-backup", True)
 
 
 def test_failed_backup_is_one_clear_error(world):
@@ -248,9 +264,11 @@ def test_cli_now_list_verify_env(cli_host, capsys, tmp_path):
     assert rc == 0, err
     assert json.loads(out)["data_added"] > 0
     rc, out, _ = _cli(capsys, "list")
-    assert rc == 0 and "scheduled" in out and "MiB" in out
+    assert rc == 0 and "manual" in out and "scheduled" not in out and "MiB" in out
     rc, out, _ = _cli(capsys, "verify", "--json")
     assert rc == 0 and json.loads(out)["ok"]
+    rc, out, _ = _cli(capsys, "verify")
+    assert rc == 0 and "the newest regular backup" in out and out.rstrip().endswith("verify: SAME")
     saved = tmp_path / "saved.env"
     rc, _, err = _cli(capsys, "env", "--out", str(saved))
     assert rc == 0 and "0600" in err
