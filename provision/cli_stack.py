@@ -202,6 +202,9 @@ def result_dict(result) -> dict[str, Any]:
         "outputs": outputs_dict(result.outputs) if result.outputs else None,
         "cost": result.cost.as_dict() if hasattr(result.cost, "as_dict") else None,
         "health": _health_dict(result.health),
+        "configure": {"changed": result.configure.changed, "failed": result.configure.failed}
+        if result.configure is not None
+        else None,
         "notes": list(result.notes),
         "elapsed_s": round(result.elapsed_s, 1),
     }
@@ -254,6 +257,12 @@ def up_cmd(
     backend: Backend = None,
     ephemeral: Ephemeral = False,
     ttl: Ttl = "2h",
+    new_backups: Annotated[
+        bool,
+        typer.Option(
+            "--new-backups", help="backups an earlier stack of this domain left: move them aside (never deleted)"
+        ),
+    ] = False,
     yes: Yes = False,
     as_json: Json = False,
 ) -> None:
@@ -271,7 +280,7 @@ def up_cmd(
         note(plan_text(the_plan, cost))
         return _confirm(f"Create or update {spec.domain} as above?")
 
-    result = lifecycle.up(spec, prov, progress_printer(), confirm=None if yes else confirm)
+    result = lifecycle.up(spec, prov, progress_printer(), confirm=None if yes else confirm, new_backups=new_backups)
     out = result.outputs
     lines = [f"{spec.domain} is up: {out.ipv4} {out.ipv6} ({result.elapsed_s:.0f}s)".replace("  ", " ")]
     # The local provider says how to open the instance, how to trust Caddy's CA, and whether the app runs.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import names, paths, stacklock
-from provision.errors import Aborted, BackupError, ProvisionError
+from provision.errors import Aborted, BackupError, ProvisionError, UsageError
 from provision.model import Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
 from provision.sizing import Sizing, size_for, sizing
@@ -201,15 +201,17 @@ def up(
     *,
     confirm: Callable[[Plan, Any], bool] | None = None,
     steps: Steps = Steps(),
+    new_backups: bool = False,
 ) -> Result:
-    """Create or converge a stack, holding its lock (StackBusy if another run changes it)."""
+    """Create or converge a stack, holding its lock (StackBusy if another run changes it).
+    ``new_backups``: an earlier stack of this domain left backups; move them aside and start afresh."""
     started = time.monotonic()
     if spec.smtp:
         spec.smtp.password()  # [smtp] without its password: refused before anything is created
     provider.preflight(spec)
     spec = names.settle(spec, provider)
     with stacklock.hold(spec.stack_name, "fedi up"):
-        return _up(spec, provider, progress, confirm=confirm, steps=steps, started=started)
+        return _up(spec, provider, progress, confirm=confirm, steps=steps, started=started, new_backups=new_backups)
 
 
 def _up(
@@ -220,11 +222,15 @@ def _up(
     confirm: Callable[[Plan, Any], bool] | None,
     steps: Steps,
     started: float,
+    new_backups: bool = False,
 ) -> Result:
     steps.admin_email(spec, progress)
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
     existed = _exists(provider, spec.stack_name)
+    kept = None if existed else provider.kept_backups(spec)
+    if kept is not None and not new_backups:
+        raise kept_backups_error(spec, kept)
     if existed:  # a lost server is re-created with a fresh bootstrap host key, pinned for it alone
         provider.renew_bootstrap_key(spec, progress)
     secrets = provider.secrets(spec)
@@ -235,6 +241,8 @@ def _up(
             provider.down(spec.stack_name, lambda _line: None)
             shutil.rmtree(bundle.root, ignore_errors=True)
         raise Aborted("nothing was created")
+    if kept is not None:
+        provider.set_aside_backups(spec, kept, progress)
     progress(f"provisioning {spec.stack_name} on {provider.name}")
     outputs = provider.up(spec, sz, bundle, progress)
     progress(f"configuring {outputs.access.address} with the playbook")
@@ -245,6 +253,18 @@ def _up(
     report = steps.health(spec, outputs, progress)
     steps.event("stack.created", spec, outputs, cost)
     return Result(outputs.stack, outputs, cost, report, configured, elapsed_s=time.monotonic() - started)
+
+
+def kept_backups_error(spec: InstanceSpec, kept) -> UsageError:
+    """`up` refuses to point a new stack (a new repository password) at an earlier stack's backups."""
+    return UsageError(
+        f"{spec.domain} has backups kept from an earlier stack in {kept.where}; a new stack would not open "
+        "them and every backup of it would fail. Nothing was created",
+        hint="to keep them and start afresh: `fedi up ... --new-backups` (moves them aside, never deletes); "
+        "then, to bring the instance back, `fedi backup restore --domain "
+        f"{spec.domain} --from-env SAVED.env --no-safety-snapshot` with the settings `fedi backup env` saved "
+        "and RESTIC_REPOSITORY set to where `--new-backups` says it moved them",
+    )
 
 
 def status(

@@ -87,10 +87,26 @@ class Provider(Protocol):
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""
 
+    def kept_backups(self, spec: InstanceSpec) -> KeptBackups | None:
+        """Before `up` creates a stack: the repository an earlier stack of this domain left, or None.
+        Reads only; creates nothing."""
+
+    def set_aside_backups(self, spec: InstanceSpec, kept: KeptBackups, progress: Progress) -> KeptBackups:
+        """Move that repository aside (renamed, never deleted) so the new stack starts a fresh one;
+        return where it is now."""
+
     def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
         """Before `up`: if the stack's configured server is gone (lost with its disk, deleted), so that
         `up` creates a new one, give that one a fresh one-time bootstrap host key and drop the lost
         server's pin. True if it did. Never creates or changes a server."""
+
+
+@dataclass(frozen=True)
+class KeptBackups:
+    """A backup repository an earlier stack of the same domain left behind (`fedi down` keeps them)."""
+
+    where: str  # where it is, for the admin: a directory on this computer, or s3://bucket
+    repository: str  # RESTIC_REPOSITORY as the new server would reach it
 
 
 def get_provider(name: str, **options: Any) -> Provider:

@@ -19,7 +19,7 @@ from typing import Any
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError
 from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
-from provision.providers import Plan, Progress, StackSummary
+from provision.providers import KeptBackups, Plan, Progress, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 from provision.timestamps import as_iso
@@ -140,13 +140,14 @@ def server_exists(server_id: str, token: str, *, base_url: str | None = None, cl
 class HetznerProvider:
     name = "hetzner"
 
-    def __init__(self, engine: Any = None, backend: str | None = None, exists: Any = None):
+    def __init__(self, engine: Any = None, backend: str | None = None, exists: Any = None, s3: Any = None):
         if engine is None:
             from provision.engine import PulumiEngine
 
             engine = PulumiEngine(backend)
         self.engine = engine
         self.exists = exists  # server id -> does Hetzner still have it (None: ask its API; offline: never)
+        self.s3 = s3  # provision.s3.Bucket -> client (None: Object Storage itself; offline: never asked)
         self._refresh = False  # the next `up` refreshes first: the server was found gone
 
     # -- before anything is created --
@@ -374,6 +375,40 @@ class HetznerProvider:
         server_id = str(self.engine.outputs(stack).get("server_id", ""))
         self.engine.write_config(stack, "host_key", host_key.strip(), secret=False)
         self.engine.write_config(stack, "host_key_server", server_id, secret=False)
+
+    def _backups_bucket(self, spec: InstanceSpec):
+        from provision import s3
+
+        storage = self.storage(spec)
+        bucket = s3.Bucket(
+            storage.endpoint, storage.region, storage.backups_bucket, storage.access_key, storage.secret_key
+        )
+        client = (self.s3 or s3.S3)(bucket)
+        return client, f"s3:{storage.endpoint.rstrip('/')}/{storage.backups_bucket}"
+
+    def kept_backups(self, spec: InstanceSpec) -> KeptBackups | None:
+        """A restic repository (its ``config`` object) at the root of the domain's backups bucket, which
+        `fedi down` keeps. Offline, or without credentials, nothing can be asked: None."""
+        if not (os.environ.get(S3_ACCESS_ENV) and os.environ.get(S3_SECRET_ENV)):
+            return None
+        if self.engine.offline and self.s3 is None:
+            return None
+        client, repository = self._backups_bucket(spec)
+        if not client.exists("config"):
+            return None
+        return KeptBackups(where=f"s3://{client.bucket.name}", repository=repository)
+
+    def set_aside_backups(self, spec: InstanceSpec, kept: KeptBackups, progress: Progress) -> KeptBackups:
+        """Move the repository's objects under a prefix of the same bucket (copied, then the originals
+        removed): restic at the bucket's root starts afresh; the old one is a repository of its own."""
+        client, repository = self._backups_bucket(spec)
+        prefix = f"restic-before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}/"
+        keys = [k for k in client.list_keys() if not k.startswith("restic-before-")]
+        count = client.move_prefix(keys, prefix)
+        moved = KeptBackups(where=f"s3://{client.bucket.name}/{prefix}", repository=f"{repository}/{prefix[:-1]}")
+        progress(f"moved the earlier backups aside to {moved.where} ({count} objects, never deleted; "
+                 f"RESTIC_REPOSITORY={moved.repository})")  # fmt: skip
+        return moved
 
     def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
         """The stack's server was deleted or lost (Hetzner answers 404 for its id): the next `up` refreshes

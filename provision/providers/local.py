@@ -24,7 +24,7 @@ from typing import Any
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
 from provision.model import Bundle, HostAccess, StackOutputs
-from provision.providers import Plan, PlannedResource, Progress, StackSummary
+from provision.providers import KeptBackups, Plan, PlannedResource, Progress, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 from provision.timestamps import utc_iso
@@ -356,6 +356,28 @@ class LocalProvider:
         """The pinned key if it was pinned for ``server`` (a pin from before identities counts)."""
         key = doc.get("host_key") or ""
         return key if key and doc.get("host_key_server", server) == server else ""
+
+    def kept_backups(self, spec: InstanceSpec) -> KeptBackups | None:
+        """The restic repository a `fedi down` of this domain kept in the machine's backups directory."""
+        from provision.backup import LOCAL_REPOSITORY
+        from provision.local import machine
+
+        repo = machine.machine_dir(spec.stack_name) / "backups" / Path(LOCAL_REPOSITORY).name
+        if self._store().exists(spec.stack_name) or not (repo / "config").is_file():
+            return None
+        return KeptBackups(where=str(repo), repository=LOCAL_REPOSITORY)
+
+    def set_aside_backups(self, spec: InstanceSpec, kept: KeptBackups, progress: Progress) -> KeptBackups:
+        """Rename the repository within the backups directory: the new machine still sees it there."""
+        repo = Path(kept.where)
+        aside = repo.with_name(f"{repo.name}-before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        repo.rename(aside)
+        moved = KeptBackups(where=str(aside), repository=str(Path(kept.repository).with_name(aside.name)))
+        progress(
+            f"moved the earlier backups aside to {moved.where} (never deleted; the server sees them at "
+            f"{moved.repository})"
+        )
+        return moved
 
     def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
         """The machine and its disk are gone but the stack is kept: the machine `up` creates is a new
