@@ -11,7 +11,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,10 +221,23 @@ class BackupStatus:
     age_hours: float | None  # hours since then (None = never)
     last_result: str  # systemd Result= of the last run: success, exit-code, ...; "" = never ran
     next_run: str  # when the timer fires next, as systemd prints it
+    reason: str = ""  # why it is not ok, one line ("" when ok)
 
     @property
     def ok(self) -> bool:
         return bool(self.last_backup) and self.last_result in ("success", "")
+
+    @property
+    def failed(self) -> bool:
+        """The last run failed (whatever an older good backup says)."""
+        return self.last_result not in ("success", "")
+
+    def line(self) -> str:
+        """For `fedi status`: ``ok   backup: ...`` or ``FAIL backup: <the reason>``."""
+        age = f"{self.age_hours:.1f}h ago" if self.age_hours is not None else "never"
+        if self.ok:
+            return f"ok   backup: last good {age}, next {self.next_run or 'not scheduled'}"
+        return f"FAIL backup: {self.reason} (last good {age})"
 
 
 def parse_status(last: str, show: str, now: datetime) -> BackupStatus:
@@ -237,7 +250,26 @@ def parse_status(last: str, show: str, now: datetime) -> BackupStatus:
         key, _, value = line.partition("=")
         if value and key not in fields:  # the service's Result comes first; the timer's is "success" too
             fields[key] = value
-    return BackupStatus(last, age, fields.get("Result", ""), fields.get("NextElapseUSecRealtime", ""))
+    result, next_run = fields.get("Result", ""), fields.get("NextElapseUSecRealtime", "")
+    reason = ""
+    if result not in ("success", ""):
+        reason = f"the last backup failed ({result})"
+    elif not last:
+        reason = "no backup has been taken yet" + (f"; the first runs {next_run}" if next_run else "")
+        reason += " (`fedi backup now` takes one)"
+    return BackupStatus(last, age, result, next_run, reason)
+
+
+def failure_reason(journal: str) -> str:
+    """The line of the failed run's journal that says why: fedi-backup's own last message (not its
+    closing "FAILED" line), else restic's, never systemd's own lines."""
+    lines = [line.strip() for line in journal.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("fedi-backup:") and "FAILED (exit" not in line]
+    if ours:
+        return ours[-1].removeprefix("fedi-backup:").strip()
+    systemd = ("fedi-backup.service", "Failed to start", "Starting ", "Finished ", "Started ")
+    other = [line for line in lines if not line.startswith(systemd) and "FAILED (exit" not in line]
+    return other[-1] if other else ""
 
 
 def human_size(n: int | None) -> str:
@@ -308,7 +340,13 @@ def status(access: HostAccess, runner: Runner | None = None) -> BackupStatus:
     cat, show = status_argvs()
     rc, last, _ = runner(access, privileged(cat, access.user))
     _, shown, _ = runner(access, privileged(show, access.user))
-    return parse_status(last if rc == 0 else "", shown, datetime.now(UTC))
+    st = parse_status(last if rc == 0 else "", shown, datetime.now(UTC))
+    if st.failed:
+        _, journal, _ = runner(access, privileged(journal_argv(lines=40), access.user))
+        why = failure_reason(journal)
+        if why:
+            st = replace(st, reason=f"the last backup failed: {why}")
+    return st
 
 
 def verify(access: HostAccess, snapshot: str = "expected", runner: Runner | None = None) -> dict[str, Any]:

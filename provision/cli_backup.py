@@ -101,7 +101,7 @@ def status_cmd(
     age = f"{st.age_hours} h ago" if st.age_hours is not None else "never"
     human = (
         f"last good backup: {st.last_backup or 'never'} ({age}); last run: {st.last_result or 'none yet'}; "
-        f"next: {st.next_run or 'not scheduled'}"
+        f"next: {st.next_run or 'not scheduled'}" + ("" if st.ok else f"\nFAIL: {st.reason}")
     )
     emit({**st.__dict__, "ok": st.ok}, as_json, human)
     if not st.ok:

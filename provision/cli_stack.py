@@ -320,8 +320,7 @@ def status_cmd(
             lines.append(f"backup: unknown ({err.line()})")
         else:
             data["backup"] = {**asdict(b), "ok": b.ok}
-            age = f"{b.age_hours:.1f}h ago" if b.age_hours is not None else "never"
-            lines.append(f"{'ok  ' if b.ok else 'FAIL'} backup: last good {age}, last run {b.last_result or '-'}")
+            lines.append(b.line())
     lines += [f"note: {n}" for n in result.notes]
     emit(data, as_json, "\n".join(lines))
 

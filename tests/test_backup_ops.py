@@ -60,6 +60,30 @@ def test_status_is_parsed_from_the_server_files():
     assert failed.age_hours == 35.5 and not failed.ok
     never = backup.parse_status("", "Result=success\n", now)
     assert never.age_hours is None and not never.ok
+    # a fresh stack is not "last run success": it has no backup yet, and says so
+    assert never.line() == "FAIL backup: no backup has been taken yet (`fedi backup now` takes one) (last good never)"
+    assert st.line() == "ok   backup: last good 11.5h ago, next Thu 2026-02-19 03:30:00 UTC"
+    assert failed.reason == "the last backup failed (exit-code)" and failed.line().startswith("FAIL backup: the last")
+
+
+def test_a_failed_run_names_its_reason():
+    journal = """Starting fedi-backup.service - fedi: back up social.example.org to restic...
+fedi-backup: the repository at s3:https://x/b does not open with this stack's password (backups kept ...)
+fedi-backup: run FAILED (exit 1); nothing local was deleted
+fedi-backup.service: Main process exited, code=exited, status=1/FAILURE
+fedi-backup.service: Failed with result 'exit-code'.
+Failed to start fedi-backup.service - fedi: back up social.example.org to restic.
+"""
+    assert backup.failure_reason(journal).startswith("the repository at s3:https://x/b does not open")
+    restic_only = "Fatal: unable to open repository at s3:https://x/b: Access Denied\n" + journal.splitlines()[-1]
+    assert backup.failure_reason(restic_only) == "Fatal: unable to open repository at s3:https://x/b: Access Denied"
+    runs = {
+        "cat": (0, "2026-02-17T03:30:00Z\n", ""),
+        "systemctl": (0, "Result=exit-code\n", ""),
+        "journalctl": (0, journal, ""),
+    }
+    st = backup.status(ACCESS, runner=lambda _a, argv: runs[argv[4]])
+    assert not st.ok and st.line().startswith("FAIL backup: the last backup failed: the repository at s3:")
 
 
 @pytest.mark.parametrize("bad", ["", "--all", "1a2b; rm -rf /", "LATEST", "xyz"])

@@ -241,3 +241,131 @@ def test_an_unreachable_repository_fails_the_unit_visibly(machines, monkeypatch,
         assert psql(NEW, "SELECT count(*) FROM post") == rows
     finally:
         inside(NEW, ["cp", "-p", "/root/restic.env.good", env])
+
+
+def fedi_up(domain: str, *extra: str) -> subprocess.CompletedProcess:
+    """`fedi up` in its own process, the way an admin runs it; its output is kept for the assertions."""
+    argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", domain, "--yes"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "provision.cli", *argv, *extra], env=os.environ.copy(), capture_output=True, text=True
+    )
+    sys.stderr.write(proc.stderr[-3000:])
+    return proc
+
+
+def test_verify_after_an_in_place_restore_compares_with_the_restored_snapshot(machines, monkeypatch, capsys):
+    """Seed, back up, change, restore in place (a safety snapshot is taken first), verify: the restored
+    snapshot, SAME. `fedi backup now` is listed as manual, the safety snapshot as safety."""
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    role = db_vars(NEW)["fedi_db_user"]
+    if psql(NEW, "SELECT to_regclass('public.person') IS NULL") == "t":
+        psql(NEW, f"SET ROLE {role};" + SEED)
+    seeded = psql(NEW, FINGERPRINT)
+    rc, out, err = fedi(capsys, "backup", "now", "--domain", NEW, "--provider", "local", "--json")
+    assert rc == 0, err
+    taken = json.loads(out)["snapshot_id"]
+    psql(NEW, f"SET ROLE {role}; DELETE FROM post WHERE id > 4000; UPDATE person SET bio = 'changed'")
+    assert psql(NEW, FINGERPRINT) != seeded
+    rc, out, err = fedi(
+        capsys, "backup", "restore", taken[:8], "--domain", NEW, "--provider", "local", "--yes", "--json"
+    )
+    assert rc == 0, err
+    restored = json.loads(out)["snapshot"]
+    assert restored.startswith(taken) and psql(NEW, FINGERPRINT) == seeded
+    rc, out, err = fedi(capsys, "backup", "list", "--domain", NEW, "--provider", "local", "--json")
+    kinds = {s["id"]: s["kind"] for s in json.loads(out)}
+    assert kinds[restored] == "manual" and list(kinds.values())[0] == "safety"  # the newest is the safety one
+    rc, out, err = fedi(capsys, "backup", "verify", "--domain", NEW, "--provider", "local")
+    assert rc == 0, out + err
+    assert f"snapshot {restored[:8]}" in out and "the one restored at" in out and out.rstrip().endswith("SAME")
+    rc, out, err = fedi(capsys, "backup", "verify", "--domain", NEW, "--provider", "local", "--json")
+    report = json.loads(out)
+    assert (report["snapshot"], report["compared_with"], report["ok"]) == (restored, "restored", True)
+
+
+def test_recovery_after_losing_the_server_as_the_readme_says(machines, monkeypatch, capsys):
+    """README, "Restore onto a new server after losing the old one", step 2 then step 4: the machine and
+    its disk are lost, this computer keeps the stack; `fedi up` again creates a new machine (a fresh
+    one-time host key, pinned for it), `fedi backup restore --no-safety-snapshot` brings the rows back,
+    `fedi backup verify` says SAME, and the next `fedi up` changes nothing."""
+    from provision.providers.local import LocalProvider
+
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    role = db_vars(OLD)["fedi_db_user"]
+    if psql(OLD, "SELECT to_regclass('public.person') IS NULL") == "t":
+        psql(OLD, f"SET ROLE {role};" + SEED)
+    seeded = psql(OLD, FINGERPRINT)
+    assert fedi(capsys, "backup", "now", "--domain", OLD, "--provider", "local")[0] == 0
+    before = LocalProvider()._doc(stack(OLD))
+    lost = machine.load(stack(OLD))
+
+    machine.destroy(stack(OLD), lambda _: None)  # the server and its disk are gone; the backups are not
+    assert not lost.rootfs.exists() and (lost.backups / "restic" / "config").is_file()
+
+    proc = fedi_up(OLD)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gets a fresh one-time host key" in proc.stderr
+    after = LocalProvider()._doc(stack(OLD))
+    assert after["bootstrap_host_key"] != before["bootstrap_host_key"]  # the lost one's was readable on it
+    assert after["host_key"] not in (before["host_key"], after["bootstrap_host_key"])  # rotated on the new one
+    assert psql(OLD, "SELECT to_regclass('public.person') IS NULL") == "t"  # a new, empty server
+
+    rc, out, err = fedi(capsys, "backup", "restore", "--domain", OLD, "--no-safety-snapshot", "--provider", "local",
+                        "--yes", "--json")  # fmt: skip
+    assert rc == 0, err
+    restored = json.loads(out)["snapshot"]
+    assert psql(OLD, FINGERPRINT) == seeded
+    rc, out, err = fedi(capsys, "backup", "verify", "--domain", OLD, "--provider", "local", "--json")
+    assert rc == 0, out + err
+    report = json.loads(out)
+    assert (report["snapshot"], report["compared_with"], report["ok"]) == (restored, "restored", True)
+
+    proc = fedi_up(OLD, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["configure"] == {"changed": 0, "failed": 0}
+    assert psql(OLD, FINGERPRINT) == seeded
+
+
+def test_up_again_after_down_finds_the_kept_backups(machines, monkeypatch, capsys, tmp_path):
+    """Up, down (the backups are kept), up again on the same domain: refused with the choices before
+    anything is created; --new-backups moves the old repository aside, and its snapshots still restore."""
+    from provision.providers.local import LocalProvider
+
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    role = db_vars(REBUILT)["fedi_db_user"]
+    if psql(REBUILT, "SELECT to_regclass('public.person') IS NULL") == "t":
+        psql(REBUILT, f"SET ROLE {role};" + SEED)
+    seeded = psql(REBUILT, FINGERPRINT)
+    saved = tmp_path / "rebuilt-restic.env"
+    assert fedi(capsys, "backup", "env", "--domain", REBUILT, "--provider", "local", "--out", str(saved))[0] == 0
+    backups = machine.load(stack(REBUILT)).backups
+    rc, _, err = fedi(capsys, "down", "--domain", REBUILT, "--provider", "local", "--yes")
+    assert rc == 0, err  # the final backup ran: the repository holds the seeded rows
+    snapshots = sorted(p.name for p in (backups / "restic" / "snapshots").iterdir())
+    assert snapshots
+
+    proc = fedi_up(REBUILT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "has backups kept from an earlier stack" in proc.stderr and "--new-backups" in proc.stderr
+    assert not LocalProvider()._store().exists(stack(REBUILT)) and machine.load(stack(REBUILT)) is None
+
+    proc = fedi_up(REBUILT, "--new-backups")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (aside,) = backups.glob("restic-before-*")
+    assert sorted(p.name for p in (aside / "snapshots").iterdir()) == snapshots  # never deleted
+    assert f"/var/backups/fedi/{aside.name}" in proc.stderr
+    assert fedi(capsys, "backup", "now", "--domain", REBUILT, "--provider", "local")[0] == 0  # a fresh repository
+    assert psql(REBUILT, "SELECT to_regclass('public.person') IS NULL") == "t"
+
+    # The old snapshots still restore, from the saved settings pointed at where they were moved.
+    text = saved.read_text().replace(
+        f"RESTIC_REPOSITORY={LOCAL_REPOSITORY}\n", f"RESTIC_REPOSITORY=/var/backups/fedi/{aside.name}\n"
+    )
+    saved.write_text(text)
+    rc, _, err = fedi(capsys, "backup", "restore", "--domain", REBUILT, "--from-env", str(saved),
+                      "--no-safety-snapshot", "--provider", "local", "--yes")  # fmt: skip
+    assert rc == 0, err
+    assert psql(REBUILT, FINGERPRINT) == seeded
