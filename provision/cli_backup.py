@@ -30,8 +30,10 @@ Restore onto a new server after losing the old one, step by step:
       fedi up --domain social.example.org --software ... --size ...
       fedi backup restore --domain social.example.org --no-safety-snapshot
  3. This computer is lost too: install fedi on another one, create the instance again for the
-    same domain (a Fediverse instance is its domain), and restore from the saved settings:
-      fedi up --domain social.example.org --software ... --size ...
+    same domain (a Fediverse instance is its domain), and restore from the saved settings. `fedi up`
+    finds the old repository in the backups bucket and stops; --new-backups moves it aside (never
+    deleted) and prints its new RESTIC_REPOSITORY: put that into the saved file, then restore:
+      fedi up --domain social.example.org --software ... --size ... --new-backups
       fedi backup restore --domain social.example.org --from-env social-restic.env --no-safety-snapshot
     The new stack then keeps the app secrets of the restored configuration (the data needs them).
  4. Check: `fedi backup list`, `fedi backup verify` (compares the restored snapshot with the live
