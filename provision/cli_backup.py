@@ -131,7 +131,7 @@ def list_cmd(
         )
     if not snaps:
         rows = ["no snapshots yet (run `fedi backup now`)"]
-    emit([s.__dict__ for s in snaps], as_json, "\n".join(rows))
+    emit([{**s.__dict__, "kind": s.kind} for s in snaps], as_json, "\n".join(rows))
 
 
 @backup_app.command("verify")
