@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from provision import cli, names
-from provision.backup import LOCAL_REPOSITORY
+from provision.backup import LOCAL_REPOSITORY, parse_env
 from provision.local import machine
 
 pytestmark = pytest.mark.testhost
@@ -196,7 +196,7 @@ def test_rebuild_from_the_saved_settings_alone_keeps_the_old_app_secrets(machine
     old_repo, rebuilt = machine.load(stack(OLD)).backups / "restic", machine.load(stack(REBUILT)).backups
     shutil.copytree(old_repo, rebuilt / "saved", symlinks=True)
     text = saved.read_text()
-    assert f"RESTIC_REPOSITORY={LOCAL_REPOSITORY}\n" in text
+    assert parse_env(text)["RESTIC_REPOSITORY"] == LOCAL_REPOSITORY  # (quoted or not: the file's reader decides)
     saved.write_text(text.replace(LOCAL_REPOSITORY, "/var/backups/fedi/saved"))
 
     assert app_secrets(REBUILT) != app_secrets(OLD)  # a fresh stack: its own secrets
@@ -361,9 +361,10 @@ def test_up_again_after_down_finds_the_kept_backups(machines, monkeypatch, capsy
     assert psql(REBUILT, "SELECT to_regclass('public.person') IS NULL") == "t"
 
     # The old snapshots still restore, from the saved settings pointed at where they were moved.
-    text = saved.read_text().replace(
-        f"RESTIC_REPOSITORY={LOCAL_REPOSITORY}\n", f"RESTIC_REPOSITORY=/var/backups/fedi/{aside.name}\n"
-    )
+    text = saved.read_text()
+    assert parse_env(text)["RESTIC_REPOSITORY"] == LOCAL_REPOSITORY
+    text = text.replace(LOCAL_REPOSITORY, f"/var/backups/fedi/{aside.name}")
+    assert parse_env(text)["RESTIC_REPOSITORY"] == f"/var/backups/fedi/{aside.name}"
     saved.write_text(text)
     rc, _, err = fedi(capsys, "backup", "restore", "--domain", REBUILT, "--from-env", str(saved),
                       "--no-safety-snapshot", "--provider", "local", "--yes")  # fmt: skip
