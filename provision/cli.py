@@ -79,6 +79,7 @@ def spec_from(
     provider: str | None = None,
     ephemeral: bool = False,
     ttl: str | None = None,
+    images: str | None = None,
 ) -> InstanceSpec:
     flags: dict[str, Any] = {
         "software": software,
@@ -89,6 +90,7 @@ def spec_from(
         "provider": provider,
         "ephemeral": ephemeral,
         "ttl_hours": parse_ttl(ttl) if ephemeral else None,
+        "images": images,
     }
     return build_spec(flags, load_config())
 

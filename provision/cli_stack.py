@@ -247,6 +247,16 @@ def plan_cmd(
     emit(plan_dict(the_plan, cost), as_json, plan_text(the_plan, cost))
 
 
+Images = Annotated[
+    str | None,
+    typer.Option(
+        help="load the app's images from `docker save` archives in this directory instead of pulling them "
+        "(one per pinned image: see the README)",
+        show_default=False,
+    ),
+]
+
+
 def up_cmd(
     software: Software = None,
     size: Size = None,
@@ -265,13 +275,16 @@ def up_cmd(
     ] = False,
     yes: Yes = False,
     as_json: Json = False,
+    images: Images = None,
 ) -> None:
     """Provision (or converge) an instance, configure it and wait until it is healthy."""
     from provision import coop, lifecycle
 
     if ephemeral and domain:
         domain = ephemeral_domain(domain)
-    spec = spec_from(software, size, domain, location, admin_email, provider, ephemeral=ephemeral, ttl=ttl)
+    spec = spec_from(
+        software, size, domain, location, admin_email, provider, ephemeral=ephemeral, ttl=ttl, images=images
+    )
     coop.validate_config(load_config())  # a bad [coop] or [hooks] fails before anything is created
     prov = make_provider(spec.provider, backend, yes=yes)
     flush_outbox()

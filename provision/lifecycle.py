@@ -34,10 +34,21 @@ def _render(spec, sizing_, secrets, storage, out):
     return render_bundle(spec, sizing_, secrets, storage, out)
 
 
-def _configure(access, bundle, runtime, progress):
+def _configure(access, bundle, runtime, progress, images=()):
     from provision import remote
 
-    return remote.configure(access, bundle, runtime, progress)
+    return remote.configure(access, bundle, runtime, progress, images=images)
+
+
+def _images(spec, progress):
+    """`--images DIR`: the app's archives, each checked to hold exactly its pinned reference; () = pull."""
+    if not spec.images:
+        return ()
+    from provision import images
+
+    found = images.archives(spec.app, spec.images)
+    progress(f"the app's images come from {spec.images}: {', '.join(a.file_name for a in found)}")
+    return found
 
 
 def _remote_run(access, argv):
@@ -115,6 +126,7 @@ class Steps:
     event: Callable[..., Any] = _event
     cost: Callable[..., Any] = _cost
     admin_email: Callable[..., Any] = _admin_email
+    images: Callable[..., Any] = _images
 
 
 @dataclass(frozen=True)
@@ -155,9 +167,17 @@ def runtime_vars(outputs: StackOutputs) -> dict[str, Any]:
     """/opt/fedi/runtime.yml: the volume device ('' = data on the root disk) and whether apps start."""
     return {
         "fedi_volume_device": outputs.extra.get("volume_device", ""),
-        "fedi_start_app": bool(outputs.extra.get("start_app", True)),
+        "fedi_start_app": bool(outputs.extra.get("start_app", True)),  # images from archives start too
         "fedi_bundle_dir": BUNDLE_DIR,
     }
+
+
+def _with_images(outputs: StackOutputs, archives: tuple[Any, ...]) -> StackOutputs:
+    """With the images loaded from archives the app starts (and is checked) even where none can be pulled."""
+    if not archives or outputs.extra.get("start_app", True):
+        return outputs
+    extra = {k: v for k, v in outputs.extra.items() if k != "app_note"}
+    return replace(outputs, extra={**extra, "start_app": True})
 
 
 def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tuple[Plan, Any]:
@@ -225,6 +245,7 @@ def _up(
     new_backups: bool = False,
 ) -> Result:
     steps.admin_email(spec, progress)
+    archives = steps.images(spec, progress)  # a missing or wrong archive: refused before anything is created
     sz = sizing(spec)
     cost = steps.cost(spec, sz)
     existed = _exists(provider, spec.stack_name)
@@ -244,11 +265,12 @@ def _up(
     if kept is not None:
         provider.set_aside_backups(spec, kept, progress)
     progress(f"provisioning {spec.stack_name} on {provider.name}")
-    outputs = provider.up(spec, sz, bundle, progress)
+    outputs = _with_images(provider.up(spec, sz, bundle, progress), archives)
     progress(f"configuring {outputs.access.address} with the playbook")
-    configured = steps.configure(outputs.access, bundle, runtime_vars(outputs), progress)
+    loads = {"images": archives} if archives else {}
+    configured = steps.configure(outputs.access, bundle, runtime_vars(outputs), progress, **loads)
     provider.pin_host_key(outputs.stack, configured.host_key)
-    outputs = provider.outputs(outputs.stack)
+    outputs = _with_images(provider.outputs(outputs.stack), archives)
     progress("waiting for the instance to be healthy")
     report = steps.health(spec, outputs, progress)
     steps.event("stack.created", spec, outputs, cost)

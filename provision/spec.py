@@ -96,6 +96,7 @@ class InstanceSpec:
     ttl_hours: float = 0.0  # ephemeral stacks only: hours until `fedi sweep` may destroy it
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other fedi.toml sections
     stack: str = ""  # the stack that holds it, once resolved ('' = the name provision.names derives)
+    images: str = ""  # a directory of `docker save` archives to load instead of pulling ('' = pull)
 
     @property
     def app(self) -> str:
@@ -219,6 +220,7 @@ SPEC_KEYS = (
     "registrations",
     "ssh_allow",
     "production",
+    "images",
 )
 SECTIONS = ("smtp", "coop", "hooks", "backup", "state", "account")
 
@@ -328,6 +330,10 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     if not isinstance(production, bool):
         raise ValidationError("production", f"{production!r} must be true or false")
     parse_backup(config.get("backup"))  # the server's restic.env carries it: never unchecked
+    images = merged.get("images", "")
+    if not isinstance(images, str):
+        raise ValidationError("images", f"{images!r} must be a directory (of `docker save` archives)")
+    images = str(Path(images).expanduser().absolute()) if images.strip() else ""
     return InstanceSpec(
         software=software,
         size=size,
@@ -343,6 +349,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
         ephemeral=ephemeral,
         ttl_hours=ttl,
         extra={k: config[k] for k in SECTIONS if k in config and k != "smtp"},
+        images=images,
     )
 
 

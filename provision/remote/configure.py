@@ -144,6 +144,17 @@ def _stop_playbook(session: Any, layout: commands.Layout, access: HostAccess, pr
         progress(f"could not stop the playbook on {access.address}: it may still be running ({layout.scope})")
 
 
+def _upload_images(
+    sftp: Any, images: tuple[Any, ...], directory: str, runtime: dict[str, Any], access: HostAccess, progress: Progress
+) -> str:
+    """Upload each archive into ``directory``; runtime.yml's text, naming them for the load_images role."""
+    for archive in images:
+        progress(f"uploading {archive.file_name} ({archive.ref}) to {access.address}")
+        sftp.put(str(archive.path), f"{directory}/{archive.file_name}")
+    loads = [{"ref": a.ref, "file": f"{directory}/{a.file_name}"} for a in images]
+    return json.dumps({**runtime, "fedi_image_archives": loads}, indent=2, sort_keys=True) + "\n"
+
+
 def configure(
     access: HostAccess,
     bundle: Bundle,
@@ -156,8 +167,12 @@ def configure(
     timeout: float = 3600,
     ssh_timeout: float = 300,
     verify_rotation: bool = True,
+    images: tuple[Any, ...] = (),
 ) -> ConfigureResult:
-    """Wait for SSH (``ssh_timeout``), upload, run the playbook as root (``timeout``), pin-check the rotated key."""
+    """Wait for SSH (``ssh_timeout``), upload, run the playbook as root (``timeout``), pin-check the rotated key.
+
+    ``images`` (provision.images.ImageArchive, already checked) go to a private directory of their own,
+    named in runtime.yml as ``fedi_image_archives`` for the load_images role, removed after the playbook."""
     layout = layout or commands.Layout()
     redact = Redactor(secret_values(bundle) | {str(v) for k, v in runtime.items() if _SECRET_KEY.search(k)})
     runtime_text = json.dumps(runtime, indent=2, sort_keys=True) + "\n"  # JSON is YAML: -e @runtime.yml reads it
@@ -190,13 +205,20 @@ def configure(
                 _refuse_if_a_playbook_runs(session, layout, access)  # before anything it reads is replaced
                 log_path, log_fd = _open_log(log_dir, access.address)  # only once connected to the pinned host
                 staging = session.check(commands.staging_argv()).strip()
+                images_dir = session.check(commands.staging_argv()).strip() if images else ""
                 try:
                     files = put_tree(session.sftp, bundle.root, f"{staging}/bundle")
                     files += put_tree(session.sftp, ansible_dir or resources.ansible_dir(), f"{staging}/ansible")
+                    if images:
+                        runtime_text = _upload_images(session.sftp, images, images_dir, runtime, access, progress)
                     put_private(session.sftp, f"{staging}/runtime.yml", runtime_text.encode())
                     progress(f"uploaded the bundle and the playbook to {access.address} ({files} files)")
                     for argv in commands.install_argvs(layout, staging, access.user):
                         session.check(argv)
+                except BaseException:
+                    if images_dir:
+                        session.run(commands.cleanup_argv(images_dir, access.user))
+                    raise
                 finally:
                     session.run(commands.cleanup_argv(staging, access.user))
                 progress(f"running the playbook on {access.address}")
@@ -205,6 +227,9 @@ def configure(
                 except BaseException:  # Ctrl-C, the timeout: the playbook must not go on alone on the server
                     _stop_playbook(session, layout, access, progress)
                     raise
+                finally:
+                    if images_dir:  # loaded (or not): the archives are not kept on the server
+                        session.run(commands.cleanup_argv(images_dir, access.user))
                 if rc != 0 and commands.scope_busy("\n".join(first_lines), layout):
                     raise RemoteError(_still_running(access, layout))
                 if layout.scope:  # what a task left behind in the scope (an agent a package started) ends too
