@@ -232,3 +232,47 @@ def test_one_configure_at_a_time(sshd: Sshd, tmp_path: Path) -> None:
         chan, rc = again.hold(commands.lock_argv(layout, sshd.access.user), commands.LOCKED)
         assert chan is not None, rc
         again.release(chan)
+
+
+COPY_ARCHIVES = """\
+    - name: Copy what the load-images role would load
+      ansible.builtin.copy:
+        src: "{{ item.file }}"
+        dest: "{{ test_root }}/loaded-{{ item.ref | replace('/', '_') }}"
+        remote_src: true
+        mode: "0600"
+      loop: "{{ fedi_image_archives }}"
+"""
+
+
+def test_image_archives_are_uploaded_named_in_runtime_and_removed_after_the_playbook(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    from provision.images import ImageArchive
+
+    bundle, ansible, layout, runtime, _ = setup(tmp_path, sshd)
+    (ansible / "site.yml").write_text(
+        SITE_YML.replace("    - name: Rotate the host key\n", COPY_ARCHIVES + "    - name: Rotate the host key\n", 1)
+    )
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / "lemmy.tar").write_bytes(b"lemmy archive bytes" * 1000)
+    (archives / "pictrs.tar").write_bytes(b"pictrs archive bytes")
+    images = (
+        ImageArchive("lemmy", "docker.io/dessalines/lemmy:0.19.20", archives / "lemmy.tar"),
+        ImageArchive("pictrs", "docker.io/asonix/pictrs:0.5.24", archives / "pictrs.tar"),
+    )
+    shown: list[str] = []
+    before = staging_dirs()
+    configure(
+        sshd.access, bundle, runtime, shown.append, layout=layout, log_dir=tmp_path / "logs", ansible_dir=ansible,
+        images=images,
+    )  # fmt: skip
+    root = Path(layout.root)
+    assert (root / "loaded-docker.io_dessalines_lemmy:0.19.20").read_bytes() == b"lemmy archive bytes" * 1000
+    assert (root / "loaded-docker.io_asonix_pictrs:0.5.24").read_bytes() == b"pictrs archive bytes"
+    loads = json.loads((root / "runtime.yml").read_text())["fedi_image_archives"]
+    assert [x["ref"] for x in loads] == [i.ref for i in images]
+    assert all(x["file"].startswith("/tmp/fedi-upload.") and x["file"].endswith(".tar") for x in loads)
+    assert staging_dirs() == before  # the archives' directory is gone with the bundle's staging
+    assert "uploading lemmy.tar (docker.io/dessalines/lemmy:0.19.20) to 127.0.0.1" in shown
