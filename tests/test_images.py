@@ -210,28 +210,61 @@ def test_images_in_fedi_toml_is_validated_like_the_other_keys(tmp_path, monkeypa
         build_spec(base, {"images": 3})
 
 
-class _Refused(Exception):
-    pass
+@pytest.fixture
+def hetzner(monkeypatch, tmp_path):
+    from provision.offline import OfflineEngine
+    from provision.providers.hetzner import HetznerProvider
+    from tests.stack_fixtures import isolate
+
+    isolate(monkeypatch, tmp_path)
+    return HetznerProvider(engine=OfflineEngine())
 
 
-class _Provider:
-    """A provider that must not be asked to create anything."""
-
-    name = "test"
-
-    def preflight(self, spec):
-        return None
-
-    def stored_domain(self, stack):
-        return None
-
-    def __getattr__(self, attr):
-        raise _Refused(f"provider.{attr} called")
+def _lemmy_archives(directory: Path, **override: list[str]) -> None:
+    directory.mkdir()
+    for role, ref in versions.images("lemmy").items():
+        docker_save(directory / f"{role}.tar", override.get(role.replace("-", "_"), [ref]))
 
 
-def test_up_refuses_a_wrong_archive_before_the_provider_creates_anything(tmp_path):
-    docker_save(tmp_path / "mbin.tar", ["ghcr.io/mbinorg/mbin:latest"])
-    spec = replace(build_spec({"software": "kbin", "size": "tiny", "domain": "x.example.org"}), images=str(tmp_path))
-    steps = replace(lifecycle.Steps(), admin_email=lambda spec, progress: None)
-    with pytest.raises(ValidationError, match=r"^images/mbin.tar: holds ghcr.io/mbinorg/mbin:latest, not exactly"):
-        lifecycle.up(spec, _Provider(), lambda _line: None, steps=steps)
+def test_up_refuses_a_wrong_archive_before_anything_is_created(hetzner, tmp_path):
+    from tests.stack_fixtures import spec_of
+
+    _lemmy_archives(tmp_path / "img", lemmy_ui=["docker.io/dessalines/lemmy-ui:0.19.19"])
+    calls: list[str] = []
+    steps = replace(lifecycle.Steps(), configure=lambda *a, **k: calls.append("configure"))
+    with pytest.raises(ValidationError, match=r"^images/lemmy-ui.tar: holds docker.io/dessalines/lemmy-ui:0.19.19, "):
+        lifecycle.up(replace(spec_of(), images=str(tmp_path / "img")), hetzner, lambda _l: None, steps=steps)
+    assert calls == [] and hetzner.stacks() == [] and hetzner.engine.stack_names() == []
+    assert not lifecycle.bundle_dir("social-example-org").exists()
+
+
+def test_up_hands_the_checked_archives_to_configure(hetzner, tmp_path):
+    from tests.stack_fixtures import spec_of
+
+    _lemmy_archives(tmp_path / "img")
+    seen: dict = {}
+
+    def configure(access, bundle, runtime, progress, **kwargs):
+        seen.update(runtime=runtime, **kwargs)
+        return type("Configured", (), {"host_key": "ssh-ed25519 AAAArotated fedi", "changed": 1, "failed": 0})()
+
+    steps = replace(lifecycle.Steps(), configure=configure, health=lambda *a: "healthy", event=lambda *a: None)
+    lines: list[str] = []
+    lifecycle.up(replace(spec_of(), images=str(tmp_path / "img")), hetzner, lines.append, steps=steps)
+    assert [(a.role, a.ref) for a in seen["images"]] == sorted(versions.images("lemmy").items())
+    assert seen["runtime"]["fedi_start_app"] is True
+    assert "the app's images come from " + str(tmp_path / "img") + ": lemmy.tar, lemmy-ui.tar, pictrs.tar" in lines
+
+
+def test_without_images_configure_gets_no_archives(hetzner):
+    from tests.stack_fixtures import spec_of
+
+    seen: list = []
+
+    def configure(access, bundle, runtime, progress, **kwargs):
+        seen.append(kwargs)
+        return type("Configured", (), {"host_key": "ssh-ed25519 AAAArotated fedi", "changed": 1, "failed": 0})()
+
+    steps = replace(lifecycle.Steps(), configure=configure, health=lambda *a: "healthy", event=lambda *a: None)
+    lifecycle.up(spec_of(), hetzner, lambda _l: None, steps=steps)
+    assert seen == [{}]
