@@ -9,7 +9,8 @@
 4. `fedi up --images` of the first stack with the right archive: uploaded over the pinned SSH session,
    loaded (`docker image inspect` on the machine shows the archive's image), and only then does the
    app role start the app, which fails because the tiny image is not mbin: the run's log shows the load
-   before the first app command, and the uploaded archives are gone from the machine.
+   before the first app command, and the uploaded archives are gone from the machine. A second run
+   with the same archive loads it again and reports no change.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def test_images_from_archives_are_loaded_before_the_app_starts(local_image, tmp_
         assert left == "0"  # the uploaded archive does not stay on the machine
         compose = json.loads(_ok(record, "docker compose -f /opt/fedi/app/compose.yaml config --format json"))
         assert {s["image"] for s in compose["services"].values() if "image" in s} >= {REF}
+
+        # the same archive again: loaded again, but the reference names the same image: no change
+        code = cli.main([*base, "--domain", domain, "--images", str(good)])
+        err = capsys.readouterr().err
+        assert code == 5 and f"ansible task '{first_app_task}' failed" in err, err[-3000:]
+        log = Path(re.search(r"full log: (\S+)", err).group(1)).read_text()
+        assert re.search(r"ok: \[localhost\] => \(item=" + re.escape(REF) + r"\)", log), log[-3000:]
     finally:
         for name in (stack, names.stack_name(other)):
             if prov.stored_domain(name) is not None or machine.load(name) is not None:
