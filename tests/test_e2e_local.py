@@ -222,6 +222,98 @@ def test_a_second_playbook_run_changes_nothing(here):
     assert result.host_key.split()[:2] == out.access.host_key.split()[:2]
 
 
+def sh(stack: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return inside(stack, ["bash", "-c", script], timeout=timeout)
+
+
+def test_the_bootstrap_host_key_was_replaced_and_is_the_only_one_served(here):
+    from provision.local import bootstrap
+
+    root = _bundle_root(here.stack)
+    cloud_init = bootstrap.parse_cloud_init((root / "cloud-init.yaml").read_text())
+    bootstrap_key = cloud_init.host_keys[0].public.split()
+    published = sh(here.stack, "cat /opt/fedi/host_key.pub").stdout.split()
+    assert published[0] == bootstrap_key[0] == "ssh-ed25519"
+    assert published[1] != bootstrap_key[1]
+    scan = sh(here.stack, "ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null").stdout.splitlines()
+    served = [line.split() for line in scan if line and not line.startswith("#")]
+    assert [key[1:3] for key in served] == [published[:2]]
+    assert sh(here.stack, "ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'").stdout.strip() == "1"
+
+
+def test_sshd_allows_keys_only_and_no_root(here):
+    effective = dict(line.split(" ", 1) for line in sh(here.stack, "sshd -T").stdout.splitlines() if " " in line)
+    assert effective["passwordauthentication"] == "no"
+    assert effective["kbdinteractiveauthentication"] == "no"
+    assert effective["permitrootlogin"] == "no"
+    assert effective["pubkeyauthentication"] == "yes"
+
+
+def test_postgres_listens_on_loopback_only_with_a_utf8_database(here):
+    v = _vars(here.stack)
+    sql = "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"
+    query = ["psql", f"host=127.0.0.1 user={v['fedi_db_user']} dbname={v['fedi_db_name']}", "-XtAc", sql]
+    assert inside(here.stack, query, env={"PGPASSWORD": v["fedi_db_password"]}).stdout.strip() == "UTF8"
+    listen = sh(here.stack, "runuser -u postgres -- psql -XtAc 'SHOW listen_addresses'").stdout.strip()
+    assert listen == "localhost"
+
+
+def test_rabbitmq_answers_only_with_its_password(here):
+    v = _vars(here.stack)
+    if not v["fedi_rabbitmq_enabled"]:
+        assert sh(here.stack, "systemctl is-active rabbitmq-server").stdout.strip() != "active"
+        return
+    user = "mbin"
+    good = inside(
+        here.stack,
+        ["bash", "-c", f'printf %s "$PW" | rabbitmqctl authenticate_user {user}'],
+        env={"PW": v["fedi_rabbitmq_password"]},
+    )
+    assert good.returncode == 0, good.stderr
+    assert sh(here.stack, f"echo wrong | rabbitmqctl authenticate_user {user}").returncode != 0
+    assert "guest" not in sh(here.stack, "rabbitmqctl -q list_users").stdout
+
+
+def test_services_and_timers_are_active_and_enabled(here):
+    v = _vars(here.stack)
+    units = ["ssh", "fail2ban", "caddy", "docker", "postgresql@17-main", "fedi-firewall", *TIMERS]
+    units += ["valkey-server"] if v["fedi_valkey_enabled"] else []
+    units += ["rabbitmq-server"] if v["fedi_rabbitmq_enabled"] else []
+    for unit in units:
+        assert sh(here.stack, f"systemctl is-active {unit}").stdout.strip() == "active", unit
+        assert sh(here.stack, f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
+
+
+def test_app_files_are_private_and_data_dirs_belong_to_the_app(here):
+    listing = sh(here.stack, "stat -c '%a %U %n' /opt/fedi/app/* /opt/fedi/app/.env* /etc/fedi/restic.env").stdout
+    modes = {line.split()[2]: line.split()[0] for line in listing.splitlines()}
+    assert modes["/etc/fedi/restic.env"] == "600"
+    manifest = json.loads((_bundle_root(here.stack) / "manifest.json").read_text())
+    assert modes[f"/opt/fedi/{manifest['files']['app-config']}"] == "600"
+    uid = _vars(here.stack)["fedi_app_uid"].split(":")[0]
+    owners = sh(here.stack, "find /srv/fedi -mindepth 1 -type d -printf '%U\\n' | sort -u").stdout.split()
+    assert owners == [uid]
+
+
+def test_firewall_reloads_and_restarts_beside_dockers_and_fail2bans_tables(here):
+    restarted = sh(here.stack, "systemctl restart fedi-firewall docker && nft list tables").stdout.split("\n")
+    assert "table inet fedi" in restarted and "table ip filter" in restarted
+    assert "tcp dport 22 accept" in sh(here.stack, "nft list table inet fedi").stdout
+    assert sh(here.stack, "fail2ban-client set sshd banip 203.0.113.9").returncode == 0
+    try:
+        reloaded = sh(here.stack, "systemctl reload fedi-firewall && nft list tables").stdout.split("\n")
+        assert {"table inet fedi", "table ip filter", "table inet f2b-table"} <= set(reloaded)
+        assert "203.0.113.9" in sh(here.stack, "nft list table inet f2b-table").stdout
+    finally:
+        sh(here.stack, "fail2ban-client set sshd unbanip 203.0.113.9")
+
+
+def _bundle_root(stack: str) -> Path:
+    from provision import lifecycle
+
+    return lifecycle.bundle_dir(stack)
+
+
 def test_status_then_down_leaves_nothing(here, capsys):
     record = _record(here.stack)
     capsys.readouterr()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from security_host import (
@@ -47,6 +48,26 @@ def host(local_image, tmp_path_factory):
         yield configured
 
 
+@pytest.fixture(scope="module")
+def second_configure(host, tmp_path_factory):
+    """fedi's remote step run again on the configured host (before lynis starts: both would use apt)."""
+    from provision.model import Bundle
+    from provision.remote.configure import configure
+
+    manifest = json.loads((host.bundle / "manifest.json").read_text())
+    bundle = Bundle(host.bundle, manifest, "", host.access.host_key)
+    log_dir = tmp_path_factory.mktemp("second-configure")
+    return configure(host.access, bundle, RUNTIME, lambda _: None, ansible_dir=ROOT / "ansible", log_dir=log_dir)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lynis_run(host, second_configure):
+    """lynis takes minutes, mostly waiting on its own probes: it audits inside the host while the other
+    tests of this module look from outside. Started once the host is configured and re-configured."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(run_lynis, host)
+
+
 def test_fedi_client_negotiates_post_quantum_key_exchange(host, caplog) -> None:
     from provision.remote.session import connect
 
@@ -75,21 +96,16 @@ def test_sshd_offers_only_the_drop_ins_algorithms(host) -> None:
     assert effective["hostkeyalgorithms"] == "ssh-ed25519"
 
 
-def test_a_second_configure_changes_nothing(host, tmp_path) -> None:
+def test_a_second_configure_changes_nothing(second_configure) -> None:
     """The hardening converges: fedi's remote step run again reports changed=0."""
-    from provision.model import Bundle
-    from provision.remote.configure import configure
-
-    manifest = json.loads((host.bundle / "manifest.json").read_text())
-    bundle = Bundle(host.bundle, manifest, "", host.access.host_key)
-    again = configure(host.access, bundle, RUNTIME, lambda _: None, ansible_dir=ROOT / "ansible", log_dir=tmp_path)
+    again = second_configure
     assert (again.changed, again.failed) == (0, 0), again.log_path.read_text()[-3000:]
 
 
-def test_lynis_hardening_index(host) -> None:
+def test_lynis_hardening_index(lynis_run) -> None:
     """lynis inside the host: the hardening index stays at or above the recorded floor (bench/security.py
     records the figures); every lynis warning and suggestion is printed for the reader."""
-    report, _ = run_lynis(host)
+    report, _ = lynis_run.result(timeout=1200)
     print(f"\nlynis hardening index {report.hardening_index} ({report.tests_performed} tests)")
     for test_id, text in report.warnings:
         print(f"  warning    {test_id}: {text}")
