@@ -1,9 +1,10 @@
-"""Security figures of a freshly configured server: lynis's hardening index and ssh-audit's findings.
+"""Security figures of a configured server: lynis's hardening index, ssh-audit's findings, unit exposure.
 
 Boots one Debian 13 test host (as tests/test_security_testhost.py does: systemd-nspawn, configured by
-fedi's own remote step with a real rendered bundle), runs `lynis audit system` inside it and ssh-audit
-against it from outside, prints the figures and records them under LABEL in the JSON result file, so a
-change that lowers them is seen in the diff of that file.
+fedi's own remote step with a real rendered bundle), runs `lynis audit system` and `systemd-analyze
+security` of fedi's units inside it and ssh-audit against it from outside, prints the figures and
+records them under LABEL in the JSON result file, so a change that lowers them is seen in the diff of
+that file.
 
     .venv/bin/python bench/security.py [--software lemmy] [--label after] [--out bench/security.json]
                                                                           (root; boots a test host)
@@ -20,7 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from security_host import allowed_findings, configured_host, findings, run_lynis, ssh_audit_json  # noqa: E402
+from security_host import (  # noqa: E402
+    allowed_findings,
+    configured_host,
+    findings,
+    run_lynis,
+    ssh_audit_json,
+    unit_exposure,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 def measure(software: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedi-bench-") as tmp, configured_host(Path(tmp), software) as host:
         lynis, _ = run_lynis(host)
+        units = unit_exposure(host)
         version = host.sh("lynis --version").stdout.strip()
         _, report = ssh_audit_json(host.access.address)
         found = findings(report)
@@ -42,6 +51,7 @@ def measure(software: str) -> dict:
             "warnings": [f"{test} {text}" for test, text in lynis.warnings],
             "suggestions": [f"{test} {text}" for test, text in lynis.suggestions],
         },
+        "systemd_units": {unit: f"{exposure} {rating}" for unit, (exposure, rating) in sorted(units.items())},
         "ssh_audit": {
             "banner": report.get("banner", {}).get("raw", ""),
             "failures": sorted(f"{f.kind} {f.algorithm}" for f in found if f.level == "fail"),
@@ -66,6 +76,8 @@ def main() -> int:
     print(f"  {len(lynis['warnings'])} warning(s), {len(lynis['suggestions'])} suggestion(s)")
     print(f"ssh-audit {ssh['banner']}: {len(ssh['failures'])} failure(s), {len(ssh['warnings'])} warning(s)")
     print(f"  not explained in tests/data/ssh-audit-allowed.txt: {ssh['unexplained'] or 'none'}")
+    for unit, figure in figures["systemd_units"].items():
+        print(f"systemd-analyze security {unit}: {figure}")
     print(f"recorded as {args.label!r} in {args.out}")
     return 0
 

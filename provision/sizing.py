@@ -40,6 +40,15 @@ TIERS: dict[str, tuple[str, int]] = {
 OS_RESERVE_MB = 640  # kernel, systemd, sshd, caddy, fail2ban, dockerd, containerd: measured on Debian 13
 HEADROOM = 0.85  # everything configured must fit in 85% of RAM (page cache and spikes take the rest)
 PG_CONN_OVERHEAD_MB = 8  # a Postgres backend's own memory before work_mem (PostgreSQL wiki, "Tuning")
+# An app container's hard limits (compose mem_limit, pids_limit): ceilings that stop a leak, a runaway job
+# or a fork bomb before it takes the memory Postgres is tuned for, not reservations. Memory: twice what the
+# container's processes are configured to use (app_memory_mb), at least the floor (lemmy-ansible caps
+# pict-rs at 690 MB; below that a runtime's own baseline plus one heavy request, an image conversion or a
+# Rails boot, has no room). Processes and threads: far above what the apps start (Puma and Sidekiq
+# threads, tokio's blocking pool of at most 512, FrankenPHP's PHP threads, ffmpeg/ImageMagick children).
+CONTAINER_MEMORY_FACTOR = 2
+CONTAINER_MEMORY_FLOOR_MB = 768
+CONTAINER_PIDS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,14 @@ class Sizing:
         if b.rabbitmq_mb:
             parts["rabbitmq"] = b.rabbitmq_mb + 150
         return parts
+
+    @property
+    def container_pids_limit(self) -> int:
+        return CONTAINER_PIDS_LIMIT
+
+    def container_memory_mb(self, component: str, replicas: int = 1) -> int:
+        """The hard memory limit of one container of ``component`` (an app_memory_mb key) run as ``replicas``."""
+        return max(CONTAINER_MEMORY_FLOOR_MB, CONTAINER_MEMORY_FACTOR * self.app_memory_mb()[component] // replicas)
 
     def memory_budget(self) -> dict[str, int]:
         budget = {"os": OS_RESERVE_MB, "postgres": self.postgres.memory_mb()}

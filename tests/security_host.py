@@ -226,3 +226,40 @@ def allowed_testssl(path: Path = TESTSSL_ALLOWED) -> dict[str, str]:
             raise ValueError(f"{path.name}:{number}: expected 'ID -- reason': {raw!r}")
         allowed[match.group(1)] = match.group(2)
     return allowed
+
+
+# ---- systemd-analyze security of fedi's units ---------------------------------------------------
+
+FEDI_UNITS = ("fedi-backup.service", "fedi-backup-check.service", "fedi-cleanup.service", "fedi-firewall.service")
+_NOT_SANDBOX = ("Type", "ExecStart", "ExecReload", "ExecStop", "RemainAfterExit")
+
+
+def unit_exposure(host: SecurityHost) -> dict[str, tuple[float, str]]:
+    """{unit: (exposure, rating)}: the host's own systemd-analyze on the installed units."""
+    from unit_security import overall
+
+    proc = host.sh(f"systemd-analyze security --no-pager {' '.join(FEDI_UNITS)}")
+    if proc.returncode != 0:
+        raise AssertionError(f"systemd-analyze security failed: {proc.stderr}")
+    return overall(proc.stdout)
+
+
+def sandbox_properties(host: SecurityHost, unit: str) -> list[str]:
+    """The installed unit's [Service] settings other than what it runs: its sandbox, as systemd-run -p."""
+    text = host.sh(f"cat /etc/systemd/system/{unit}").stdout
+    section, props = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and line.split("=", 1)[0] not in _NOT_SANDBOX:
+            props.append(line)
+    return props
+
+
+def run_in_sandbox(host: SecurityHost, unit: str, command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` as a transient service with ``unit``'s sandbox (systemd-run --wait --pipe)."""
+    import shlex
+
+    props = " ".join(f"-p {shlex.quote(p)}" for p in sandbox_properties(host, unit))
+    return host.sh(f"systemd-run --wait --pipe --quiet --collect {props} -- {command}")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from security_host import (
+    FEDI_UNITS,
     ROOT,
     RUNTIME,
     SSH_AUDIT_ALLOWED,
@@ -25,11 +26,14 @@ from security_host import (
     allowed_testssl,
     configured_host,
     findings,
+    run_in_sandbox,
     run_lynis,
     run_testssl,
     ssh_audit_json,
     start_standins,
+    unit_exposure,
 )
+from unit_security import GOAL, ceilings
 
 pytestmark = pytest.mark.testhost
 
@@ -141,6 +145,36 @@ def test_testssl_rates_nothing_above_low(host, tmp_path) -> None:
     above_low = {r["id"] for r in results if r["severity"] in ("MEDIUM", "HIGH", "CRITICAL")}
     assert above_low - set(allowed) == set(), f"testssl findings above LOW not in {TESTSSL_ALLOWED.name}"
     assert set(allowed) - above_low == set(), f"{TESTSSL_ALLOWED.name} lists findings testssl no longer reports"
+
+
+def test_fedi_units_are_rated_ok_or_better_on_the_host(host) -> None:
+    """Debian 13's systemd-analyze rates the installed units at or below tests/data/unit-exposure.txt."""
+    rated = unit_exposure(host)
+    limits = ceilings()
+    print("\nsystemd-analyze security on the host:")
+    for unit, (exposure, rating) in sorted(rated.items()):
+        print(f"  {unit:<28} {exposure:>4} {rating} (ceiling {limits[unit][0]})")
+    assert set(rated) == set(FEDI_UNITS) == set(limits)
+    above = {u: e for u, (e, _) in rated.items() if e > min(GOAL, limits[u][0])}
+    assert above == {}, f"exposure above the ceiling in tests/data/unit-exposure.txt: {above}"
+
+
+def test_fedi_units_still_work_in_their_sandbox(host) -> None:
+    """The backup (Postgres socket, local repository, state), the check and the cleanup run to success
+    under their sandbox; the firewall reloads; the cleanup's sandbox reaches Docker's socket, the
+    check's does not."""
+    for unit in ("fedi-backup.service", "fedi-backup-check.service", "fedi-cleanup.service"):
+        proc = host.sh(f"systemctl start {unit}; systemctl show -P Result {unit}")
+        journal = host.sh(f"journalctl -u {unit} -n 30 --no-pager").stdout
+        assert proc.stdout.strip() == "success", f"{unit}: {proc.stdout}{proc.stderr}\n{journal}"
+    assert host.sh("test -s /var/lib/fedi/last-backup").returncode == 0
+    proc = host.sh("systemctl reload fedi-firewall && nft list table inet fedi >/dev/null")
+    assert proc.returncode == 0, proc.stderr
+    docker = "docker version --format '{{.Server.Version}}'"
+    reached = run_in_sandbox(host, "fedi-cleanup.service", docker)
+    assert reached.returncode == 0 and reached.stdout.strip(), reached.stderr
+    hidden = run_in_sandbox(host, "fedi-backup-check.service", docker)
+    assert hidden.returncode != 0
 
 
 def test_ssh_audit_passes_the_policy(host) -> None:
