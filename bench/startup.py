@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDS = {
     "python -c 'import typer'": [sys.executable, "-c", "import typer"],
-    "fedi --help": [sys.executable, "-m", "provision.cli", "--help"],
+    "fedi --help": [sys.executable, "-m", "provision", "--help"],
     "python -c 'import pulumi'  (what fedi avoids)": [sys.executable, "-c", "import pulumi, pulumi_hcloud"],
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,7 @@ def validate_cidr(value: Any, path: str) -> str:
         raise ValidationError(path, f"{value!r} is not a CIDR such as 203.0.113.0/24") from None
 
 
-def _smtp(raw: Any) -> SmtpSettings | None:
+def parse_smtp(raw: Any) -> SmtpSettings | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -229,7 +228,7 @@ BACKUP_KEYS = ("alert_webhook",)
 STATE_KEYS = ("backend",)
 
 
-def _table(raw: Any, section: str, known: tuple[str, ...]) -> dict[str, Any]:
+def section_table(raw: Any, section: str, known: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValidationError(section, f"must be a table with {', '.join(known)}")
     unknown = sorted(set(raw) - set(known))
@@ -240,56 +239,11 @@ def _table(raw: Any, section: str, known: tuple[str, ...]) -> dict[str, Any]:
 
 def parse_backup(raw: Any) -> dict[str, str]:
     """[backup]: ``alert_webhook``, an http(s) URL the server calls when a backup fails (optional)."""
-    table = _table(raw if raw is not None else {}, "backup", BACKUP_KEYS)
+    table = section_table(raw if raw is not None else {}, "backup", BACKUP_KEYS)
     url = table.get("alert_webhook", "")
     if not isinstance(url, str) or (url and not re.fullmatch(r"https?://[^\s\"'`$\\]+", url)):
         raise ValidationError("backup/alert_webhook", f"{url!r} is not an http(s) URL")
     return {"alert_webhook": url}
-
-
-def state_backend(config: dict[str, Any]) -> str | None:
-    """[state] ``backend``: the Pulumi state backend of Hetzner stacks when --backend is not given."""
-    table = _table(config.get("state", {}), "state", STATE_KEYS)
-    if not table.get("backend"):
-        return None
-    from provision.engine import validate_backend
-
-    return validate_backend(table["backend"], "state/backend")
-
-
-def validate_sections(config: dict[str, Any]) -> None:
-    """Every section of fedi.toml, checked the same way when it is read; errors name the key's path."""
-    from provision.dues import parse_coop
-    from provision.hooks import parse_hooks
-
-    _smtp(config.get("smtp"))
-    parse_hooks(config)
-    if "coop" in config:
-        parse_coop(config["coop"])
-    parse_backup(config.get("backup"))
-    state_backend(config)
-    if "account" in config:
-        from provision.account_stacks import parse_account
-
-        parse_account(config["account"])
-
-
-def load_config(directory: Path | None = None) -> dict[str, Any]:
-    """Read ``fedi.toml`` from ``directory`` (the working directory), every section validated. No file -> {}."""
-    path = (directory or Path.cwd()) / CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(CONFIG_FILE, f"is not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - set(SPEC_KEYS) - set(SECTIONS))
-    if unknown:
-        known = ", ".join((*SPEC_KEYS, *SECTIONS))
-        raise ValidationError(f"{CONFIG_FILE}: {unknown[0]}", f"unknown key (known: {known})")
-    check_strings(data, "")
-    validate_sections(data)
-    return data
 
 
 def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> InstanceSpec:
@@ -343,7 +297,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
         admin_username=admin_username,
         provider=provider,
         registrations=registrations,
-        smtp=_smtp(config.get("smtp")),
+        smtp=parse_smtp(config.get("smtp")),
         ssh_allow=cidrs,
         production=production and not ephemeral,
         ephemeral=ephemeral,

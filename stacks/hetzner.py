@@ -2,7 +2,7 @@
 
 ``program(cfg)`` declares the resources and returns the exports as a dict of Outputs, so the same
 function runs under the Automation API (``inline(cfg)`` exports them) and under Pulumi's mocks
-(``provision.offline``, the tests) where the dict is resolved directly.
+(``provision.providers.hetzner.offline``, the tests) where the dict is resolved directly.
 
 Decisions:
 - Primary IPv4/IPv6 with ``auto_delete=False``: DNS and federation survive a server replacement.

@@ -6,7 +6,7 @@
 - Tests marked ``testhost`` need root, systemd-nspawn and debootstrap. Without them they are skipped,
   except under CI (CI=true), where a missing prerequisite fails the test: CI must run them.
 - ``test_machine``: one booted Debian 13 machine for the session, through the local provider's own
-  machine code (provision.local.machine), with a fresh host key and client key; destroyed at the end.
+  machine code (provision.providers.local.machine), with a fresh host key and client key; destroyed at the end.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _progress(line: str) -> None:
 @pytest.fixture(scope="session")
 def local_image():
     """The cached Debian 13 image (built on first use, a few minutes; reused afterwards)."""
-    from provision.local import image
+    from provision.providers.local import image
 
     os.environ["FEDI_IMAGE_DIR"] = str(IMAGE_DIR)
     return image.ensure_image(_progress)
@@ -72,7 +72,7 @@ def local_image():
 class TestMachine:
     __test__ = False  # a fixture value, not a test class
 
-    machine: object  # provision.local.machine.Machine
+    machine: object  # provision.providers.local.machine.Machine
     state: Path  # the state dir it lives under
     client_key: Path  # private key of the `fedi` user (0600)
     host_public_key: str  # the pinned host key, OpenSSH one-line form
@@ -82,14 +82,14 @@ class TestMachine:
         return self.machine.address
 
     def run(self, argv: list[str], timeout: float = 120):
-        from provision.local import machine
+        from provision.providers.local import machine
 
         return machine.run_in(self.machine, argv, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def test_machine(local_image, tmp_path_factory):
-    from provision.local import machine, manual
+    from provision.providers.local import machine, manual
 
     reason = testhost_missing()
     if reason:

@@ -87,7 +87,7 @@ def readers_hash() -> str:
 
 
 def build(out: Path, progress: Callable[[str], None]) -> Path:
-    from provision.local import image
+    from provision.providers.local import image
 
     image.check_tools()
     mirror = image.host_mirror()
@@ -134,7 +134,7 @@ def _sh_quote(text: str) -> str:
 
 
 def ensure(directory: Path, progress: Callable[[str], None]) -> Path:
-    from provision.local.image import _lock
+    from provision.providers.local.image import _lock
 
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"readers-{readers_hash()}"

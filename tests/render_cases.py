@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from provision.bundle import render_bundle
 from provision.model import Bundle, ObjectStorage
-from provision.secrets import generate_secrets
+from provision.render.bundle import render_bundle
+from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import SIZES, build_spec
 

@@ -1,7 +1,7 @@
 """One Debian 13 test host configured by fedi's own remote step, and the auditors run against it.
 
 Shared by tests/test_security_testhost.py (one host for the module) and bench/security.py. The host is
-booted with systemd-nspawn (provision.local.machine), configured over paramiko by
+booted with systemd-nspawn (provision.providers.local.machine), configured over paramiko by
 provision.remote.configure with a real rendered bundle (the app's containers are not started: no
 registry here), and then audited from outside (ssh-audit over its veth address) and inside (lynis).
 """
@@ -35,12 +35,12 @@ def _progress(line: str) -> None:
 class SecurityHost:
     software: str
     domain: str
-    machine: object  # provision.local.machine.Machine
+    machine: object  # provision.providers.local.machine.Machine
     access: object  # provision.model.HostAccess, pinned to the rotated host key
     bundle: Path
 
     def sh(self, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        from provision.local import machine
+        from provision.providers.local import machine
 
         return machine.run_in(self.machine, ["bash", "-c", script], timeout=timeout)
 
@@ -48,8 +48,8 @@ class SecurityHost:
 @contextlib.contextmanager
 def configured_host(work: Path, software: str = "lemmy") -> Iterator[SecurityHost]:
     """Render, boot, configure through fedi's remote step; destroy the machine afterwards."""
-    from provision.local import image, machine, manual
     from provision.model import Bundle, HostAccess
+    from provision.providers.local import image, machine, manual
     from provision.remote.configure import configure
 
     domain = f"{software}.localhost"

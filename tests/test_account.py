@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provision.account import account_bill, split_cents
-from provision.account_stacks import GB, Member, members_from, parse_account, with_planned
-from provision.cost import load_prices, table_prices
+from provision.billing.account import account_bill, split_cents
+from provision.billing.account_stacks import GB, Member, members_from, parse_account, with_planned
+from provision.billing.cost import load_prices, table_prices
 from provision.errors import ValidationError
 from provision.providers import StackSummary
 from provision.sizing import SERVER_TYPES, TIERS

@@ -15,8 +15,9 @@ import dns.resolver
 import dns.rrset
 import pytest
 
-from provision import admin_email, lifecycle
 from provision.errors import ValidationError
+from provision.lifecycle import admin_email
+from provision.lifecycle import stack as lifecycle
 
 # name -> {rdtype: [rdata text]}; a name absent here is NXDOMAIN
 ZONE: dict[str, dict[str, list[str]]] = {
@@ -178,8 +179,8 @@ def test_other_apps_and_the_stacks_own_domain_ask_nothing(dns_server: DnsServer)
 
 def test_up_refuses_before_anything_is_created(monkeypatch, tmp_path) -> None:
     """lifecycle.up asks first: a refused address leaves no stack, no secrets, no bundle."""
-    from provision.offline import OfflineEngine
-    from provision.providers.hetzner import HetznerProvider
+    from provision.providers.hetzner.offline import OfflineEngine
+    from provision.providers.hetzner.provider import HetznerProvider
     from tests.stack_fixtures import isolate, spec_of
     from tests.test_lifecycle import Recorder
 

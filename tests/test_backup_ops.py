@@ -1,4 +1,4 @@
-"""provision.backup and `fedi backup`: commands as values, and the operations end to end.
+"""provision.lifecycle.backup and `fedi backup`: commands as values, and the operations end to end.
 
 The operations run against "a server" that is this machine: the runner strips sudo and maps the
 server paths to the test host's, then runs the real rendered scripts (real restic, Postgres, moto).
@@ -19,9 +19,9 @@ import pytest
 from test_backup_real import FINGERPRINT, seed
 from test_backup_support import Host, backup_world, make_host
 
-from provision import backup
-from provision.cli import main
+from provision.cli.app import main
 from provision.errors import BackupError, UsageError
+from provision.lifecycle import backup
 from provision.model import HostAccess, ObjectStorage, StackOutputs
 
 ACCESS = HostAccess(address="203.0.113.7", user="fedi")
@@ -136,7 +136,7 @@ def world():
 
 @dataclass
 class LocalServer:
-    """Runs what provision.backup sends to a server on this machine, against one test host."""
+    """Runs what provision.lifecycle.backup sends to a server on this machine, against one test host."""
 
     host: Host
     calls: list[list[str]] = field(default_factory=list)
@@ -269,7 +269,7 @@ def cli_host(world, monkeypatch, tmp_path):
     host = make_host(base / name, pg, f"s3:{endpoint}/backups/{name}", db="clidb")
     seed(host, db="clidb")
     server = LocalServer(host, provider=OneStackProvider(StackOutputs("social-example-org", "local", ACCESS)))
-    monkeypatch.setattr("provision.cli_stack.make_provider", lambda *a, **k: server.provider)
+    monkeypatch.setattr("provision.cli.target.make_provider", lambda *a, **k: server.provider)
     monkeypatch.setattr(backup, "default_runner", server.run)
     monkeypatch.setattr(backup, "_upload", server.upload)
     monkeypatch.setenv("FEDI_STATE_DIR", str(tmp_path / "state"))
@@ -354,7 +354,7 @@ def test_restored_secrets_that_are_not_a_json_object_of_strings_are_refused(tmp_
 
 
 def test_the_restored_secrets_file_is_where_the_bundle_puts_it():
-    from provision import lifecycle
-    from provision.bundle import SECRETS_FILE
+    from provision.lifecycle import stack as lifecycle
+    from provision.render.bundle import SECRETS_FILE
 
     assert f"{lifecycle.BUNDLE_DIR}/{SECRETS_FILE}" == backup.BUNDLE_SECRETS

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_backup_support import SCRIPTS, render_scripts, write_env
 
-from provision.backup import parse_env
 from provision.errors import BackupError
+from provision.lifecycle.backup import parse_env
 
 RENDERINGS = [(sw, st) for sw in ("mastodon", "lemmy", "kbin") for st in (False, True)]
 
@@ -53,8 +53,8 @@ def test_help_needs_no_settings(rendered):
 
 def test_bundle_renders_the_scripts_and_an_env_they_read(tmp_path):
     """The bundle's own rendering (templates/backup -> bin/) and its restic.env, read by both readers."""
-    bundle_mod = pytest.importorskip("provision.bundle")
-    from provision.secrets import generate_secrets
+    bundle_mod = pytest.importorskip("provision.render.bundle")
+    from provision.render.secrets import generate_secrets
     from provision.sizing import sizing
     from provision.spec import InstanceSpec
 

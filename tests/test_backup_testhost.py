@@ -20,9 +20,10 @@ import sys
 
 import pytest
 
-from provision import cli, names
-from provision.backup import LOCAL_REPOSITORY, parse_env
-from provision.local import machine
+from provision import names
+from provision.cli import app as cli
+from provision.lifecycle.backup import LOCAL_REPOSITORY, parse_env
+from provision.providers.local import machine
 
 pytestmark = pytest.mark.testhost
 
@@ -61,7 +62,7 @@ def inside(domain: str, argv: list[str], stdin: str = "", timeout: float = 300) 
 def db_vars(domain: str) -> dict:
     import yaml
 
-    from provision import lifecycle
+    from provision.lifecycle import stack as lifecycle
 
     return yaml.safe_load((lifecycle.bundle_dir(stack(domain)) / "ansible-vars.yml").read_text())
 
@@ -83,13 +84,13 @@ def config_digest(domain: str) -> dict[str, str]:
 
 
 def stored_secrets(domain: str) -> dict[str, str]:
-    from provision.providers.local import LocalProvider
+    from provision.providers.local.provider import LocalProvider
 
     return LocalProvider()._doc(stack(domain))["secrets"]
 
 
 def app_secrets(domain: str) -> dict[str, str]:
-    from provision.secrets import app_secrets
+    from provision.render.secrets import app_secrets
 
     return app_secrets(stored_secrets(domain))
 
@@ -112,11 +113,11 @@ def machines(local_image, tmp_path_factory):
         for domain in (OLD, NEW, REBUILT):
             # Each `fedi up` in its own process, the way an admin runs them.
             argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", domain, "--yes"]
-            proc = subprocess.run([sys.executable, "-m", "provision.cli", *argv], env={**os.environ, **dirs})
+            proc = subprocess.run([sys.executable, "-m", "provision", *argv], env={**os.environ, **dirs})
             assert proc.returncode == 0, f"fedi up {domain} failed"
         yield dirs
     finally:
-        from provision.providers.local import LocalProvider
+        from provision.providers.local.provider import LocalProvider
 
         prov = LocalProvider()
         for domain in (OLD, NEW, REBUILT):
@@ -166,7 +167,7 @@ def test_backup_one_machine_and_restore_into_a_fresh_one(machines, monkeypatch, 
     assert new_secrets["restic_password"] != old_secrets["restic_password"]
     # ...so converging it with `fedi up` re-renders the same secrets and leaves the restored data whole.
     argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", NEW, "--yes"]
-    assert subprocess.run([sys.executable, "-m", "provision.cli", *argv], env=os.environ.copy()).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "provision", *argv], env=os.environ.copy()).returncode == 0
     assert psql(NEW, FINGERPRINT) == seeded
 
     # The restored machine backs itself up, and verify finds that snapshot identical to its database.
@@ -213,7 +214,7 @@ def test_rebuild_from_the_saved_settings_alone_keeps_the_old_app_secrets(machine
 
     # A later `fedi up` renders the old secrets: the configuration on the server still holds them.
     argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", REBUILT, "--yes"]
-    assert subprocess.run([sys.executable, "-m", "provision.cli", *argv], env=os.environ.copy()).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "provision", *argv], env=os.environ.copy()).returncode == 0
     hjson = inside(REBUILT, ["cat", "/opt/fedi/app/lemmy.hjson"]).stdout
     assert app_secrets(OLD)["pictrs_api_key"] in hjson and app_secrets(OLD)["db_password"] in hjson
     assert psql(REBUILT, FINGERPRINT) == seeded
@@ -247,7 +248,7 @@ def fedi_up(domain: str, *extra: str) -> subprocess.CompletedProcess:
     """`fedi up` in its own process, the way an admin runs it; its output is kept for the assertions."""
     argv = ["up", "--provider", "local", "--software", SOFTWARE, "--size", "tiny", "--domain", domain, "--yes"]
     proc = subprocess.run(
-        [sys.executable, "-m", "provision.cli", *argv, *extra], env=os.environ.copy(), capture_output=True, text=True
+        [sys.executable, "-m", "provision", *argv, *extra], env=os.environ.copy(), capture_output=True, text=True
     )
     sys.stderr.write(proc.stderr[-3000:])
     return proc
@@ -289,7 +290,7 @@ def test_recovery_after_losing_the_server_as_the_readme_says(machines, monkeypat
     its disk are lost, this computer keeps the stack; `fedi up` again creates a new machine (a fresh
     one-time host key, pinned for it), `fedi backup restore --no-safety-snapshot` brings the rows back,
     `fedi backup verify` says SAME, and the next `fedi up` changes nothing."""
-    from provision.providers.local import LocalProvider
+    from provision.providers.local.provider import LocalProvider
 
     for key, value in machines.items():
         monkeypatch.setenv(key, value)
@@ -331,7 +332,7 @@ def test_recovery_after_losing_the_server_as_the_readme_says(machines, monkeypat
 def test_up_again_after_down_finds_the_kept_backups(machines, monkeypatch, capsys, tmp_path):
     """Up, down (the backups are kept), up again on the same domain: refused with the choices before
     anything is created; --new-backups moves the old repository aside, and its snapshots still restore."""
-    from provision.providers.local import LocalProvider
+    from provision.providers.local.provider import LocalProvider
 
     for key, value in machines.items():
         monkeypatch.setenv(key, value)

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from render_cases import COMBOS, DOMAIN, SMTP, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
 
-from provision import bundle as bundle_mod
 from provision import versions
 from provision.errors import UsageError
-from provision.secrets import generate_secrets
+from provision.render import bundle as bundle_mod
+from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import build_spec
 

@@ -1,7 +1,7 @@
 """`fedi cost --all/--stack`, `fedi coop dues` and `fedi coop monthly` over an account of several stacks.
 
 In-process through the real CLI entry point, with the Hetzner provider on the test engine (the real
-stack program under Pulumi's mocks) handed in through ``cli_stack.make_provider``, as test_cli_stack does.
+stack program under Pulumi's mocks) handed in through ``provision.cli.target.make_provider``, as test_cli_stack does.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 import pytest
 from test_hooks import SECRET, Receiver
 
-from provision import cli, cli_stack
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
+from provision.cli import app as cli
+from provision.cli import target as cli_target
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, isolate, spec_of
 
@@ -24,7 +25,7 @@ def engine(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FEDI_WEBHOOK_SECRET", SECRET)
     eng = OfflineEngine()
-    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=eng))
+    monkeypatch.setattr(cli_target, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=eng))
     return eng
 
 

@@ -12,10 +12,12 @@ import json
 import pytest
 from test_hooks import SECRET
 
-from provision import backup, cli, cli_stack
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.cli import app as cli
+from provision.cli import target as cli_target
+from provision.lifecycle import backup
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, isolate, spec_of
 
@@ -34,14 +36,14 @@ def backends(monkeypatch, tmp_path):
     def make(name, backend=None, **_):
         if name != "hetzner":
             return LocalProvider()
-        from provision.spec import load_config, state_backend
+        from provision.config import load_config, state_backend
 
         backend = backend or state_backend(load_config())  # as the real make_provider does
         key = backend or "default"
         root = tmp_path / "backends" / key.replace("/", "_").replace(":", "")
         return HetznerProvider(engine=engines.setdefault(backend, OfflineEngine(root)))
 
-    monkeypatch.setattr(cli_stack, "make_provider", make)
+    monkeypatch.setattr(cli_target, "make_provider", make)
     coop = make("hetzner", COOP)
     spec = spec_of(domain=DOMAIN)
     coop.secrets(spec)

@@ -7,7 +7,7 @@ import sys
 CODE = """
 import sys
 sys.modules["click"] = None  # any `import click` now fails, as in a venv without it
-from provision.cli import main
+from provision.cli.app import main
 for argv in (["--help"], ["up", "--help"], ["down", "--help"], ["backup", "--help"]):
     assert main(argv) == 0, argv
 assert main(["render", "--bogus"]) == 2

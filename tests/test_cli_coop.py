@@ -9,8 +9,8 @@ import sys
 import pytest
 from test_hooks import SECRET, Receiver
 
-from provision import hooks
-from provision.cli import main
+from provision.billing import hooks
+from provision.cli.app import main
 
 TABLE_DATE = json.loads(
     (__import__("pathlib").Path(__file__).parents[1] / "provision" / "data" / "prices.json").read_text()

@@ -17,10 +17,13 @@ import pytest
 from test_hooks import SECRET, Receiver
 from test_lifecycle import Recorder
 
-from provision import cli, cli_stack, hooks, lifecycle
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.billing import hooks
+from provision.cli import app as cli
+from provision.cli import target as cli_target
+from provision.lifecycle import stack as lifecycle
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from tests.stack_fixtures import isolate
 
 DOMAIN = "social.example.org"
@@ -47,7 +50,7 @@ def world(monkeypatch, tmp_path, receiver):
     def make(name, backend=None, **_):
         return HetznerProvider(engine=engine) if name == "hetzner" else LocalProvider()
 
-    monkeypatch.setattr(cli_stack, "make_provider", make)
+    monkeypatch.setattr(cli_target, "make_provider", make)
     steps = Recorder().steps()
     steps = replace(steps, event=lifecycle.Steps().event)  # the real billing step
     for fn in (lifecycle.up, lifecycle.resize, lifecycle.down):

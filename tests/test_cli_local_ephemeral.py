@@ -14,8 +14,9 @@ import re
 
 import pytest
 
-from provision import cli, sweep
-from provision.providers.local import LocalProvider
+from provision.cli import app as cli
+from provision.lifecycle import sweep
+from provision.providers.local.provider import LocalProvider
 from provision.timestamps import epoch
 
 pytestmark = pytest.mark.testhost

@@ -1,4 +1,4 @@
-"""`fedi render` through provision.cli.main: every combination, bad input as one line, packaging."""
+"""`fedi render` through provision.cli.app.main: every combination, bad input as one line, packaging."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from render_cases import COMBOS
 
-from provision.cli import main
+from provision.cli.app import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,12 +108,12 @@ def test_wheel_ships_templates_and_ansible(tmp_path):
 def test_render_imports_no_cloud_sdk(tmp_path):
     """`fedi --help` and `fedi render` never import pulumi, paramiko or boto3 (python -X importtime)."""
     code = (
-        "import sys; from provision.cli import main; "
+        "import sys; from provision.cli.app import main; "
         f"rc = main(['render', '--software', 'lemmy', '--size', 'tiny', '--domain', 'a.example.org', "
         f"'--out', {str(tmp_path / 'b')!r}]); sys.exit(rc)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for argv in (["-c", "import provision.cli"], ["-m", "provision.cli", "--help"], ["-c", code]):
+    for argv in (["-c", "import provision.cli.app"], ["-m", "provision", "--help"], ["-c", code]):
         result = _run([sys.executable, "-X", "importtime", *argv], env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
@@ -137,10 +137,10 @@ def test_installed_wheel_renders_from_another_directory(tmp_path):
     installed = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)])
     assert installed.returncode == 0, installed.stderr[-2000:]
     code = (
-        "import sys, provision, provision.resources as r; "
+        "import sys, provision, provision.render.resources as r; "
         f"assert provision.__file__.startswith({str(target)!r}), provision.__file__; "
         "assert '/_data/' in str(r.templates_dir()), r.templates_dir(); "
-        "from provision.cli import main; sys.exit(main(sys.argv[1:]))"
+        "from provision.cli.app import main; sys.exit(main(sys.argv[1:]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)  # the installed copy first; dependencies from this interpreter's site

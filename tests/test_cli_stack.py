@@ -2,7 +2,7 @@
 
 Subprocess tests run the real `fedi` with a PATH without `pulumi` and no token (this machine has
 neither); in-process tests hand the commands the Hetzner provider on the test engine (the real
-stack program under Pulumi's mocks) through ``cli_stack.make_provider``.
+stack program under Pulumi's mocks) through ``provision.cli.target.make_provider``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from provision import cli, cli_stack
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.cli import app as cli
+from provision.cli import target as cli_target
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, fake_cli, isolate, spec_of
 
@@ -37,7 +38,7 @@ def fedi(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     )
     (tmp_path / "bin").mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "provision.cli", *args],
+        [sys.executable, "-m", "provision", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -114,7 +115,7 @@ def engine(monkeypatch, tmp_path):
     def make(name, backend=None, **_):  # the real local provider, and Hetzner on the test engine
         return HetznerProvider(engine=eng) if name == "hetzner" else LocalProvider()
 
-    monkeypatch.setattr(cli_stack, "make_provider", make)
+    monkeypatch.setattr(cli_target, "make_provider", make)
     return eng
 
 

@@ -35,7 +35,7 @@ def _progress(line: str) -> None:
 
 @dataclass
 class Server:
-    machine: object  # provision.local.machine.Machine
+    machine: object  # provision.providers.local.machine.Machine
     bundle: Bundle
     access: HostAccess  # its host_key is the key pinned now (updated as `fedi up` would)
     bootstrap_key: str
@@ -43,7 +43,7 @@ class Server:
     shown: list[str] = field(default_factory=list)
 
     def sh(self, script: str) -> subprocess.CompletedProcess[str]:
-        from provision.local import machine
+        from provision.providers.local import machine
 
         return machine.run_in(self.machine, ["bash", "-c", script], timeout=120)
 
@@ -73,7 +73,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(local_image, tmp_path_factory):
-    from provision.local import bootstrap, machine, manual
+    from provision.providers.local import bootstrap, machine, manual
 
     root = tmp_path_factory.mktemp("convergence")
     out = root / "bundle"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from provision import cost
-from provision.cost import load_prices, monthly_cost, resize_difference
+from provision.billing import cost
+from provision.billing.cost import load_prices, monthly_cost, resize_difference
 from provision.errors import UsageError
 from provision.sizing import SERVER_TYPES, TIERS
 from provision.spec import build_spec

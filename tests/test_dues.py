@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from provision.cost import CostBreakdown, CostLine, Price, monthly_cost
-from provision.dues import compute_dues, parse_coop
+from provision.billing.cost import CostBreakdown, CostLine, Price, monthly_cost
+from provision.billing.dues import compute_dues, parse_coop
 from provision.errors import ValidationError
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from provision import cli, names
-from provision.local import machine
+from provision import names
+from provision.cli import app as cli
+from provision.providers.local import machine
 
 pytestmark = pytest.mark.testhost
 
@@ -58,7 +59,7 @@ def deployed(request, local_image, tmp_path_factory):
         rc = cli.main(argv)
         yield Deployed(software, domain, names.stack_name(domain), dirs, rc)
     finally:
-        from provision.providers.local import LocalProvider
+        from provision.providers.local.provider import LocalProvider
 
         prov = LocalProvider()
         if prov._store().exists(names.stack_name(domain)):
@@ -77,7 +78,7 @@ def here(deployed, monkeypatch):
 
 
 def _provider():
-    from provision.providers.local import LocalProvider
+    from provision.providers.local.provider import LocalProvider
 
     return LocalProvider()
 
@@ -103,7 +104,7 @@ def inside(stack: str, argv: list[str], env: dict[str, str] | None = None, timeo
 def _vars(stack: str) -> dict:
     import yaml
 
-    from provision import lifecycle
+    from provision.lifecycle import stack as lifecycle
 
     return yaml.safe_load((lifecycle.bundle_dir(stack) / "ansible-vars.yml").read_text())
 
@@ -206,7 +207,7 @@ def test_dockerd_runs_and_compose_accepts_the_project(here):
 
 
 def test_a_second_playbook_run_changes_nothing(here):
-    from provision import lifecycle
+    from provision.lifecycle import stack as lifecycle
     from provision.model import Bundle
     from provision.remote.configure import configure  # `remote.configure` is the submodule once imported
 
@@ -227,7 +228,7 @@ def sh(stack: str, script: str, timeout: float = 120) -> subprocess.CompletedPro
 
 
 def test_the_bootstrap_host_key_was_replaced_and_is_the_only_one_served(here):
-    from provision.local import bootstrap
+    from provision.providers.local import bootstrap
 
     root = _bundle_root(here.stack)
     cloud_init = bootstrap.parse_cloud_init((root / "cloud-init.yaml").read_text())
@@ -309,7 +310,7 @@ def test_firewall_reloads_and_restarts_beside_dockers_and_fail2bans_tables(here)
 
 
 def _bundle_root(stack: str) -> Path:
-    from provision import lifecycle
+    from provision.lifecycle import stack as lifecycle
 
     return lifecycle.bundle_dir(stack)
 

@@ -11,8 +11,8 @@ import pytest
 from pulumi.automation import errors
 from pulumi.automation._cmd import CommandResult
 
-from provision import engine
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
+from provision.providers.hetzner import engine
 from tests.stack_fixtures import config_of, fake_cli, isolate
 
 TOKEN = "a" * 64

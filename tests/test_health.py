@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provision import health
 from provision.errors import HealthError
+from provision.lifecycle import health
 
 DOMAIN = "social.example.test"
 
@@ -122,7 +122,7 @@ def rsa_public_pem() -> str:
 
 
 def actor_document(app: str, domain: str = DOMAIN) -> dict[str, Any]:
-    """The instance actor in each app's shape (sources named in provision/health.py ACTOR_PATH)."""
+    """The instance actor in each app's shape (sources named in provision/lifecycle/health.py ACTOR_PATH)."""
     actor_id = f"https://{domain}" + {"mastodon": "/actor", "lemmy": "/", "mbin": "/i/actor"}[app]
     return {
         "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"],

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from provision import hooks
+from provision.billing import hooks
 from provision.errors import ValidationError
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the spec's own example secret (test only)
@@ -257,7 +257,7 @@ def test_secret_shape():
 
 
 def test_emit_lifecycle_carries_stack_cost_and_dues(receiver, monkeypatch, tmp_path):
-    from provision.cost import monthly_cost
+    from provision.billing.cost import monthly_cost
     from provision.model import HostAccess, StackOutputs
     from provision.spec import build_spec
 

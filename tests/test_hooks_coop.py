@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from provision import coop
-from provision.cost import CostBreakdown, CostLine, Price
-from provision.dues import compute_dues, parse_coop
+from provision.billing import coop
+from provision.billing.cost import CostBreakdown, CostLine, Price
+from provision.billing.dues import compute_dues, parse_coop
 from provision.errors import HookError, MissingPrerequisite
 
 PASSWORD = "admin-password-for-the-test"

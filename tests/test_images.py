@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from provision import images, lifecycle, versions
+from provision import versions
 from provision.errors import MissingPrerequisite, ValidationError
+from provision.lifecycle import images
+from provision.lifecycle import stack as lifecycle
 from provision.spec import build_spec
 
 
@@ -212,8 +214,8 @@ def test_images_in_fedi_toml_is_validated_like_the_other_keys(tmp_path, monkeypa
 
 @pytest.fixture
 def hetzner(monkeypatch, tmp_path):
-    from provision.offline import OfflineEngine
-    from provision.providers.hetzner import HetznerProvider
+    from provision.providers.hetzner.offline import OfflineEngine
+    from provision.providers.hetzner.provider import HetznerProvider
     from tests.stack_fixtures import isolate
 
     isolate(monkeypatch, tmp_path)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from provision import cli, names, versions
-from provision.local import machine
-from provision.providers.local import LocalProvider
+from provision import names, versions
+from provision.cli import app as cli
+from provision.providers.local import machine
+from provision.providers.local.provider import LocalProvider
 
 pytestmark = pytest.mark.testhost
 

@@ -13,11 +13,12 @@ import pytest
 from test_backup_support import make_bucket, moto_s3
 from test_lifecycle import Recorder
 
-from provision import lifecycle, s3
 from provision.errors import UsageError
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.lifecycle import stack as lifecycle
+from provision.providers.hetzner import s3
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.spec import build_spec
 from tests.stack_fixtures import isolate, spec_of
 
@@ -114,7 +115,7 @@ def test_listing_pages_through_a_long_bucket(endpoint):
 
 
 def test_local_kept_backups_directory(fedi_dirs):
-    from provision.local import machine
+    from provision.providers.local import machine
 
     prov = LocalProvider()
     spec = build_spec({"software": "lemmy", "size": "tiny", "domain": "lemmy.localhost", "provider": "local"})

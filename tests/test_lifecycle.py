@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from provision import lifecycle
 from provision.errors import Aborted, BackupError, MissingPrerequisite
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
+from provision.lifecycle import stack as lifecycle
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
 from tests.stack_fixtures import isolate, spec_of
 
 
@@ -167,7 +167,8 @@ def test_an_ephemeral_stack_is_rebuilt_as_ephemeral(provider):
 
 def test_health_of_an_ephemeral_stack_trusts_the_staging_issuer_read_from_the_server(provider, monkeypatch):
     """The default health step fetches the issuer over the pinned channel and hands it to the checks."""
-    from provision import health, remote
+    from provision import remote
+    from provision.lifecycle import health
 
     seen = {}
 

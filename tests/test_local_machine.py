@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.local import cgroups, image, machine, manual, net
+from provision.providers.local import cgroups, image, machine, manual, net
 
 pytestmark = pytest.mark.testhost
 

@@ -11,7 +11,7 @@ import pytest
 
 from provision.errors import MissingPrerequisite, ProvisionError
 from provision.providers import get_provider
-from provision.providers import local as local_provider
+from provision.providers.local import provider as local_provider
 from provision.sizing import sizing
 from provision.spec import build_spec
 
@@ -68,7 +68,7 @@ def test_pin_host_key_and_outputs_without_a_machine(fedi_dirs):
 
 
 def test_the_pin_follows_the_machine_and_a_new_machine_gets_a_fresh_bootstrap_key(fedi_dirs):
-    from provision.local import machine
+    from provision.providers.local import machine
 
     prov = local_provider.provider()
     spec = _spec()
@@ -135,7 +135,7 @@ def test_install_argv():
 
 
 def _render(spec, secrets, out: Path):
-    from provision.bundle import render_bundle
+    from provision.render.bundle import render_bundle
 
     return render_bundle(spec, sizing(spec), secrets, None, out)
 
@@ -153,7 +153,7 @@ def _connect(address: str, host_key: str, client_key: Path):
 
 @pytest.mark.testhost
 def test_up_from_a_rendered_bundle_then_down_leaves_nothing(local_image, tmp_path):
-    from provision.local import machine
+    from provision.providers.local import machine
 
     prov = local_provider.provider()
     spec = _spec("prov.localhost")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ProvisionError
-from provision.local import bootstrap, cgroups, machine, net
+from provision.providers.local import bootstrap, cgroups, machine, net
 
 CLOUD_INIT = """#cloud-config
 users:

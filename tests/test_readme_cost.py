@@ -18,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provision import cli, cli_stack  # noqa: E402
-from provision.offline import OfflineEngine  # noqa: E402
-from provision.providers.hetzner import HetznerProvider  # noqa: E402
+from provision.cli import app as cli  # noqa: E402
+from provision.cli import target as cli_target  # noqa: E402
+from provision.providers.hetzner.offline import OfflineEngine  # noqa: E402
+from provision.providers.hetzner.provider import HetznerProvider  # noqa: E402
 from provision.sizing import sizing  # noqa: E402
 from tests.stack_fixtures import bundle_of, spec_of  # noqa: E402
 
@@ -69,7 +70,7 @@ def account_of(stacks, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("FEDI_PASSPHRASE", "readme-example")
     monkeypatch.chdir(tmp_path)
     engine = OfflineEngine()
-    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=engine))
+    monkeypatch.setattr(cli_target, "make_provider", lambda name, backend=None, **_: HetznerProvider(engine=engine))
     provider = HetznerProvider(engine=engine)
     for flags in stacks:
         spec = spec_of(**flags)

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from provision import lifecycle
 from provision.errors import ProvisionError
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.lifecycle import stack as lifecycle
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from provision.spec import build_spec
 from provision.timestamps import as_iso, epoch, utc_iso

@@ -248,7 +248,7 @@ COPY_ARCHIVES = """\
 def test_image_archives_are_uploaded_named_in_runtime_and_removed_after_the_playbook(
     sshd: Sshd, tmp_path: Path
 ) -> None:
-    from provision.images import ImageArchive
+    from provision.lifecycle.images import ImageArchive
 
     bundle, ansible, layout, runtime, _ = setup(tmp_path, sshd)
     (ansible / "site.yml").write_text(

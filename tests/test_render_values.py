@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from readers import debian_readers
 from render_cases import DOMAIN, STORAGE, read, tool
 
-from provision.bundle import render_bundle
 from provision.errors import UsageError, ValidationError
 from provision.model import ObjectStorage
 from provision.render import quote
-from provision.secrets import generate_secrets
+from provision.render.bundle import render_bundle
+from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import build_spec
 
@@ -185,7 +185,7 @@ def test_compose_strings_survive_interpolation(values):
 def test_envfile_read_by_the_backup_scripts_and_python(tmp_path):
     from test_backup_scripts import bash_read_env
 
-    from provision.backup import parse_env
+    from provision.lifecycle.backup import parse_env
 
     spec = build_spec({"software": "lemmy", "size": "tiny", "domain": DOMAIN})
     bundle = render_bundle(spec, sizing(spec), generate_secrets(spec), None, tmp_path / "b")
@@ -308,7 +308,7 @@ def _round_trip(readers, tmp_path, monkeypatch, software, *, user, password, sen
 
     ansible_vars = AnsibleLoader(read(bundle, "ansible-vars")).get_single_data()
     assert str(ansible_vars["fedi_admin_email"]) == admin
-    from provision.backup import parse_env
+    from provision.lifecycle.backup import parse_env
 
     restic = parse_env(read(bundle, "backup-env"))  # what fedi-backup's load_env reads, too
     assert (restic["AWS_ACCESS_KEY_ID"], restic["AWS_SECRET_ACCESS_KEY"]) == s3
@@ -421,7 +421,7 @@ def test_regression_smtp_without_password_is_refused_and_writes_nothing(tmp_path
 
 
 def test_regression_smtp_without_password_via_the_cli(tmp_path, monkeypatch):
-    from provision.cli import main
+    from provision.cli.app import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
@@ -501,7 +501,7 @@ def test_regression_control_characters_refused_for_every_app(tmp_path, monkeypat
 
 
 def test_regression_control_characters_in_fedi_toml_name_the_key(tmp_path):
-    from provision.spec import load_config
+    from provision.config import load_config
 
     (tmp_path / "fedi.toml").write_text('domain = "social.example.org"\n[hooks]\nurls = ["https://x.example/\\r"]\n')
     with pytest.raises(ValidationError, match=r"^hooks/urls\[0\]: contains a carriage return"):
@@ -546,7 +546,7 @@ def test_refusals_name_the_field_not_the_password(monkeypatch, tmp_path):
 def test_regression_coop_nan_and_inf_are_refused_with_the_key(key, value):
     import tomllib
 
-    from provision.dues import parse_coop
+    from provision.billing.dues import parse_coop
 
     raw = {"dues": 5, "members": 10, **tomllib.loads(f"{key} = {value}")}
     with pytest.raises(ValidationError, match=rf"^coop/{key}: .* must be a finite number$"):
@@ -554,7 +554,7 @@ def test_regression_coop_nan_and_inf_are_refused_with_the_key(key, value):
 
 
 def test_regression_coop_nan_through_the_cli_is_exit_2(tmp_path, monkeypatch, capsys):
-    from provision.cli import main
+    from provision.cli.app import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fedi.toml").write_text(
@@ -567,7 +567,7 @@ def test_regression_coop_nan_through_the_cli_is_exit_2(tmp_path, monkeypatch, ca
 def test_readme_fedi_toml_example_is_accepted(tmp_path, monkeypatch):
     import textwrap
 
-    from provision.spec import load_config
+    from provision.config import load_config
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme.split("### fedi.toml", 1)[1].split("Accepted forms", 1)[0]
@@ -626,7 +626,7 @@ def test_the_log_redactor_finds_quoted_secrets_and_reads_unsafe_vars(tmp_path, m
 
 def test_backup_env_written_by_fedi_keeps_quote_shaped_values(tmp_path):
     """`fedi backup env` writes with the same envfile writer: a key that looks quoted survives."""
-    from provision.backup import parse_env, render_env
+    from provision.lifecycle.backup import parse_env, render_env
 
     values = {"AWS_SECRET_ACCESS_KEY": "'quoted'", "RESTIC_PASSWORD": '"both"', "AWS_ACCESS_KEY_ID": "x\\"}
     assert parse_env(render_env(values)) == values
@@ -634,7 +634,7 @@ def test_backup_env_written_by_fedi_keeps_quote_shaped_values(tmp_path):
 
 @pytest.mark.parametrize("command", ["up", "resize"])
 def test_regression_up_refuses_smtp_without_password_before_touching_the_provider(monkeypatch, command):
-    from provision import lifecycle
+    from provision.lifecycle import stack as lifecycle
 
     monkeypatch.delenv("FEDI_SMTP_PASSWORD", raising=False)
     spec = build_spec(

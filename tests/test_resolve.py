@@ -1,11 +1,11 @@
-"""Which provider holds a named stack: one rule for every command (provision.resolve)."""
+"""Which provider holds a named stack: one rule for every command (provision.lifecycle.resolve)."""
 
 from __future__ import annotations
 
 import pytest
 
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
-from provision.resolve import provider_for
+from provision.lifecycle.resolve import provider_for
 
 
 class Holder:

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from provision import secrets as S
+from provision.render import secrets as S
 from provision.spec import build_spec
 
 
@@ -147,7 +147,7 @@ def test_generators_have_the_documented_lengths():
 
 
 def test_a_stack_taking_over_data_keeps_the_old_app_secrets_and_its_own_ssh_keys():
-    from provision.secrets import carried_over
+    from provision.render.secrets import carried_over
 
     old = {"db_password": "old-db", "mastodon_secret_key_base": "old-skb", "ssh_client_key": "old-ssh"}
     old["restic_password"] = "old-repo"

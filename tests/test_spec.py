@@ -1,7 +1,8 @@
 import pytest
 
+from provision.config import load_config, state_backend
 from provision.errors import ValidationError
-from provision.spec import build_spec, load_config, parse_ttl, state_backend, validate_domain
+from provision.spec import build_spec, parse_ttl, validate_domain
 
 BASE = {"software": "lemmy", "size": "small", "domain": "social.example.org"}
 

@@ -2,7 +2,7 @@
 
 Tests decorated with ``@pulumi.runtime.test`` return an Output whose ``apply`` holds the assertions;
 the decorator waits for it, so a failing assertion fails the test (``test_a_wrong_assertion_fails``
-proves it). Policy tests run the whole program through ``provision.offline.run`` (the same mocks)
+proves it). Policy tests run the whole program through ``provision.providers.hetzner.offline.run`` (the same mocks)
 and assert on every declared resource.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from provision import offline
+from provision.providers.hetzner import offline
 from stacks.config import bucket_names, host_key_fingerprint, label_value, relative_name
 from stacks.hetzner import declare
 from tests.stack_fixtures import HOST_KEY_PUB, config_of

@@ -57,7 +57,7 @@ def _fedi_commands(doc) -> list[str]:
 def test_every_option_the_workflow_passes_exists(command):
     from typer.testing import CliRunner
 
-    from provision.cli import app
+    from provision.cli.app import app
 
     doc = _load()
     lines = [c for c in _fedi_commands(doc) if c.split()[1] == command]

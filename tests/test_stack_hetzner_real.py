@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from provision import cli
+from provision.cli import app as cli
 
 pytestmark = [
     pytest.mark.hetzner,

@@ -10,11 +10,15 @@ from dataclasses import replace
 
 import pytest
 
-from provision import cli, cli_stack, lifecycle, names, offline
+from provision import names
+from provision.cli import app as cli
+from provision.cli import target as cli_target
 from provision.errors import UsageError
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.lifecycle import stack as lifecycle
+from provision.providers.hetzner import offline
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, config_of, isolate, spec_of
 
@@ -53,7 +57,7 @@ def hetzner(monkeypatch, tmp_path):
     isolate(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     provider = HetznerProvider(engine=OfflineEngine())
-    monkeypatch.setattr(cli_stack, "make_provider", lambda name, backend=None, **_: provider)
+    monkeypatch.setattr(cli_target, "make_provider", lambda name, backend=None, **_: provider)
     return provider
 
 

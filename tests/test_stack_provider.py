@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from provision.errors import ProvisionError
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider, dns_records, find_zone, wait_for_dns, zone_candidates
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider, dns_records, find_zone, wait_for_dns, zone_candidates
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, isolate, spec_of
 
@@ -194,7 +194,7 @@ def test_dns_wait_is_bounded():
 
 
 def test_dns_resolution_of_a_local_name():
-    from provision.providers.hetzner import resolve_a
+    from provision.providers.hetzner.provider import resolve_a
 
     assert "127.0.0.1" in resolve_a("localhost")  # /etc/hosts: no DNS server involved
 
@@ -214,8 +214,8 @@ def test_adopting_another_stacks_app_secrets_keeps_its_own_keys_and_its_server(h
     """After `fedi backup restore --into/--from-env` the stack keeps the restored data's app secrets in its
     Pulumi config; its SSH keys and repository password stay, so the server's user-data is unchanged and
     the next `fedi up` does not replace the server."""
-    from provision.bundle import render_bundle
-    from provision.secrets import OWN_SECRETS, app_secrets, generate_secrets
+    from provision.render.bundle import render_bundle
+    from provision.render.secrets import OWN_SECRETS, app_secrets, generate_secrets
 
     spec = spec_of()
     own = hetzner.secrets(spec)
@@ -282,7 +282,7 @@ def test_a_lost_server_is_re_created_with_a_fresh_bootstrap_key(monkeypatch, tmp
     ("status", "expected"), [(200, True), (404, False), (401, ProvisionError), (500, ProvisionError)]
 )
 def test_server_exists_asks_the_api_and_only_a_404_means_gone(status, expected):
-    from provision.providers.hetzner import server_exists
+    from provision.providers.hetzner.provider import server_exists
 
     seen: list[str] = []
 

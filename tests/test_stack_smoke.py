@@ -19,11 +19,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from provision import lifecycle, smoke
 from provision.errors import HealthError
-from provision.health import NOT_STARTED, Check, HealthReport, Target
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
+from provision.lifecycle import smoke
+from provision.lifecycle import stack as lifecycle
+from provision.lifecycle.health import NOT_STARTED, Check, HealthReport, Target
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
 from tests.stack_fixtures import isolate, spec_of
 from tests.test_lifecycle import Recorder
 
@@ -111,7 +112,7 @@ def test_a_failure_outranks_skipped_checks_in_the_exit_code():
 
 def test_fedi_smoke_exits_with_the_reports_code(monkeypatch, tmp_path, capsys):
     """The CLI: a report with skipped checks exits 6 with the JSON and JUnit saying which."""
-    from provision import cli
+    from provision.cli import app as cli
 
     def fake_run(spec, prov, progress, *, timeout):
         report = smoke.SmokeReport(spec.stack_name, spec.domain, spec.software, spec.size)
@@ -207,7 +208,7 @@ def test_fedi_smoke_without_pulumi_fails_cleanly_and_reports_it(tmp_path):
     junit = tmp_path / "smoke.xml"
     args = ["smoke", "--software", "lemmy", "--size", "tiny", "--domain", "smoke.example.org"]
     run = subprocess.run(
-        [sys.executable, "-m", "provision.cli", *args, "--junit", str(junit), "--json"],
+        [sys.executable, "-m", "provision", *args, "--junit", str(junit), "--json"],
         capture_output=True,
         text=True,
         env=env,

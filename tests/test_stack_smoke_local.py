@@ -20,7 +20,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from provision import cli
+from provision.cli import app as cli
 
 pytestmark = pytest.mark.testhost
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def _machines_running(stack: str) -> list[str]:
 
 
 def _left_behind() -> list:
-    from provision.providers.local import LocalProvider
+    from provision.providers.local.provider import LocalProvider
 
     return LocalProvider().stacks()
 
@@ -69,7 +69,7 @@ def test_smoke_runs_the_whole_path_and_tears_down(local_image, tmp_path, capsys)
 def test_sigterm_while_provisioning_tears_down(local_image, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provision.cli", *ARGS, "--json"],
+        [sys.executable, "-m", "provision", *ARGS, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

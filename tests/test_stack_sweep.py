@@ -10,10 +10,11 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from provision import cli, sweep
-from provision.offline import OfflineEngine
-from provision.providers.hetzner import HetznerProvider
-from provision.providers.local import LocalProvider
+from provision.cli import app as cli
+from provision.lifecycle import sweep
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from tests.stack_fixtures import bundle_of, fake_cli, isolate, spec_of
 
@@ -62,7 +63,7 @@ def test_a_stack_another_run_is_changing_is_skipped_not_destroyed(provider):
     import sys
 
     expired = _up(provider, "old.test.example.org", ephemeral=True, ttl_hours=1)
-    holder = "import sys\nfrom provision import stacklock\nwith stacklock.hold(sys.argv[1], 'fedi up'):\n"
+    holder = "import sys\nfrom provision.lifecycle import stacklock\nwith stacklock.hold(sys.argv[1], 'fedi up'):\n"
     holder += "    print('held', flush=True)\n    sys.stdin.read()\n"
     other = subprocess.Popen(
         [sys.executable, "-c", holder, expired], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

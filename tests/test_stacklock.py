@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from provision import stacklock
 from provision.errors import StackBusy
+from provision.lifecycle import stacklock
 
 BIN = Path(sys.executable).parent
 HOLDER = """
 import sys, time
-from provision import stacklock
+from provision.lifecycle import stacklock
 with stacklock.hold(sys.argv[1], sys.argv[2]):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes stdin (bounded by the test's own timeout)
@@ -148,7 +148,7 @@ def test_read_only_commands_do_not_take_the_lock(fedi_dirs) -> None:
 
 CONTENDER = """
 import os, sys
-from provision import stacklock
+from provision.lifecycle import stacklock
 from provision.errors import StackBusy
 marker, held = sys.argv[1], 0
 for _ in range(300):

@@ -111,5 +111,5 @@ class KeptBackups:
 
 def get_provider(name: str, **options: Any) -> Provider:
     """``hetzner`` or ``local``; imported lazily so the other provider's SDKs are never loaded."""
-    module = importlib.import_module(f"provision.providers.{name}")
+    module = importlib.import_module(f"provision.providers.{name}.provider")
     return module.provider(**options)

@@ -17,14 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from provision import paths, resources
+from provision import paths
 from provision.errors import RemoteError
 from provision.model import Bundle, HostAccess
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
 from provision.remote.session import HostKeyMismatch, connect_when_ready, parse_host_key, wait_for_ssh
 from provision.remote.upload import put_private, put_tree
-from provision.render import quote
+from provision.render import quote, resources
 
 Progress = Callable[[str], None]
 _SECRET_KEY = re.compile(r"password|secret|passphrase|token|private|_key$|^key$|access_key", re.I)
@@ -171,7 +171,7 @@ def configure(
 ) -> ConfigureResult:
     """Wait for SSH (``ssh_timeout``), upload, run the playbook as root (``timeout``), pin-check the rotated key.
 
-    ``images`` (provision.images.ImageArchive, already checked) go to a private directory of their own,
+    ``images`` (provision.lifecycle.images.ImageArchive, already checked) go to a private directory of their own,
     named in runtime.yml as ``fedi_image_archives`` for the load_images role, removed after the playbook."""
     layout = layout or commands.Layout()
     redact = Redactor(secret_values(bundle) | {str(v) for k, v in runtime.items() if _SECRET_KEY.search(k)})

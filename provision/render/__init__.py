@@ -1,1 +1,1 @@
-"""Helpers of the bundle renderer (provision/bundle.py): the Jinja context and derived values."""
+"""Helpers of the bundle renderer (provision/render/bundle.py): the Jinja context and derived values."""

@@ -2,7 +2,7 @@
 reader returns it unchanged, or refuses it (``Unrepresentable``) when the format cannot carry it.
 
 Every template writes every user-given or generated value through one of these (Jinja filters of the
-same names, registered by provision/bundle.py); no template quotes by hand. ``check_field`` runs a
+same names, registered by provision/render/bundle.py); no template quotes by hand. ``check_field`` runs a
 user's value at the edge (fedi.toml, the environment) through the writers of every format that field
 reaches in any app, so a value one app's format cannot carry is refused for every app, naming the
 field, before anything is written.
@@ -25,7 +25,7 @@ files back with Debian 13's real readers):
   unknown ``{x}``).
 - ``systemd``: a unit setting's value: ``%`` doubled (specifiers); no trailing backslash.
 - ``valkey``: an argument in Valkey's configuration file: only plain tokens (the generated password).
-- ``envfile``: restic.env, KEY="value" lines that fedi-backup's load_env and provision.backup read
+- ``envfile``: restic.env, KEY="value" lines that fedi-backup's load_env and provision.lifecycle.backup read
   literally (one layer of quotes removed).
 - ``url_part``: a user name or password inside a URL/DSN (Symfony Mailer's DSN, database URLs):
   percent-encoded, every reserved character included.

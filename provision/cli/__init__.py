@@ -1,0 +1,1 @@
+"""The `fedi` command line: one module per command group, registered in app.py."""

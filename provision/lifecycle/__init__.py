@@ -1,0 +1,1 @@
+"""What happens to a stack: plan, up, status, resize, down, health, backups, smoke tests, the sweep."""

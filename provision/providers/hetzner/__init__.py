@@ -1,0 +1,1 @@
+"""Hetzner Cloud: the provider, its Pulumi engine (real and offline), its API and prices."""
