@@ -131,3 +131,26 @@ def test_no_module_is_over_the_limit_except_the_listed_ones():
     over = {path for path, n in lengths.items() if n > MAX_LINES}
     assert over <= set(LONG), f"over {MAX_LINES} lines: {sorted(over - set(LONG))}"
     assert all(lengths.get(path, 0) > MAX_LINES for path in LONG), "a listed module is short now: unlist it"
+
+
+def test_both_providers_bind_the_contract_with_its_signatures():
+    import inspect
+
+    import pytest
+
+    from provision.providers import Provider
+    from provision.providers.hetzner.provider import HetznerProvider
+    from provision.providers.local.provider import LocalProvider
+
+    for cls in (HetznerProvider, LocalProvider):
+        assert issubclass(cls, Provider) and not inspect.isabstract(cls)
+        for name in Provider.__abstractmethods__:
+            contract = inspect.signature(getattr(Provider, name)).parameters
+            own = inspect.signature(getattr(cls, name)).parameters
+            assert list(own)[: len(contract)] == list(contract), f"{cls.__name__}.{name}"
+
+    class Half(Provider):  # a provider that forgets a method cannot be made
+        name = "half"
+
+    with pytest.raises(TypeError):
+        Half()

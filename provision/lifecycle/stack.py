@@ -151,7 +151,7 @@ def bundle_dir(stack: str) -> Path:
 
 def render(spec: InstanceSpec, sz: Sizing, secrets: dict[str, str], provider: Provider, steps: Steps) -> Bundle:
     """Render into a fresh 0700 directory, then swap it for the stack's previous bundle."""
-    storage = provider.storage(spec) if hasattr(provider, "storage") else None
+    storage = provider.storage(spec)
     final = bundle_dir(spec.stack_name)
     fresh = final.with_name(final.name + ".new")
     if fresh.exists():
@@ -187,7 +187,7 @@ def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tupl
 
     spec = names.settle(spec, provider)
     sz = sizing(spec)
-    secrets = provider.secrets(spec, store=False) if _takes(provider.secrets, "store") else provider.secrets(spec)
+    secrets = provider.secrets(spec, store=False)
     with tempfile.TemporaryDirectory(prefix="fedi-plan-") as tmp:
         bundle = _plan_bundle(spec, sz, secrets, provider, Path(tmp), steps)
         the_plan = provider.plan(spec, sz, bundle)
@@ -195,7 +195,7 @@ def plan(spec: InstanceSpec, provider: Provider, steps: Steps = Steps()) -> tupl
 
 
 def _plan_bundle(spec, sz, secrets, provider, out: Path, steps: Steps) -> Bundle:
-    storage = provider.storage(spec) if hasattr(provider, "storage") else None
+    storage = provider.storage(spec)
     if storage is not None and not (storage.access_key and storage.secret_key):
         storage = None  # no credentials yet: a plan still shows the buckets; `up` asks for them
     return steps.render(spec, sz, secrets, storage, out / "bundle")
@@ -207,12 +207,6 @@ def _exists(provider: Provider, stack: str) -> bool:
     except ProvisionError:
         return False
     return True
-
-
-def _takes(fn: Callable[..., Any], name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(fn).parameters
 
 
 def up(
@@ -418,10 +412,7 @@ def _down(
         if rc != 0:
             last = (err.strip().splitlines() or ["no output"])[-1]
             raise BackupError(f"the pre-destroy backup failed: {last}", hint="fix it, or use --skip-backup")
-    kwargs: dict[str, Any] = {"purge_backups": purge_backups}
-    if unprotect:
-        kwargs["unprotect"] = True
-    provider.down(stack, progress, **kwargs)
+    provider.down(stack, progress, purge_backups=purge_backups, unprotect=unprotect)
     cost = steps.cost(spec, sizing(spec)) if spec else None
     if spec is not None:
         steps.event("stack.destroyed", spec, outputs, cost)

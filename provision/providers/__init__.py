@@ -1,6 +1,6 @@
 """The provider contract: the few operations `up`, `resize`, `down`, `status` and `ssh` need from a
-place that runs servers. Hetzner (the Pulumi stack, ``providers/hetzner.py``) and local (a booted
-Debian 13 machine under systemd-nspawn, ``providers/local.py``) implement it.
+place that runs servers. Hetzner (the Pulumi stack, ``providers/hetzner/``) and local (a booted
+Debian 13 machine under systemd-nspawn, ``providers/local/``) implement it.
 
 Typed data in and out; a provider never configures the server itself (that is ``remote`` + the
 playbook, the same for every provider) and never prints: it reports through ``progress``.
@@ -9,11 +9,12 @@ playbook, the same for every provider) and never prints: it reports through ``pr
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from provision.model import Bundle, StackOutputs
+from provision.model import Bundle, ObjectStorage, StackOutputs
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 
@@ -51,50 +52,74 @@ class StackSummary:
     location: str = ""  # fsn1 | nbg1 | hel1 (Hetzner); "" where it does not apply
 
 
-class Provider(Protocol):
+class Provider(ABC):
+    """What every provider implements, with these exact signatures (a missing method fails at construction)."""
+
     name: str
 
+    @abstractmethod
     def preflight(self, spec: InstanceSpec) -> None:
         """Raise MissingPrerequisite (one clear line) for anything missing; create nothing."""
 
-    def secrets(self, spec: InstanceSpec) -> dict[str, str]:
-        """The stack's app secrets: generated once, stored encrypted, the same on every later call."""
+    @abstractmethod
+    def storage(self, spec: InstanceSpec) -> ObjectStorage | None:
+        """The stack's object storage (buckets and keys), or None where media stay on the server's disk."""
 
+    @abstractmethod
+    def secrets(self, spec: InstanceSpec, *, store: bool = True) -> dict[str, str]:
+        """The stack's app secrets: generated once, stored encrypted, the same on every later call.
+        With ``store=False`` (a plan) nothing is stored: a new stack's secrets are generated and dropped."""
+
+    @abstractmethod
     def stored_secrets(self, stack: str) -> dict[str, str]:
         """The secrets an existing stack keeps; ProvisionError if there are none. Creates nothing."""
 
+    @abstractmethod
     def plan(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle) -> Plan: ...
 
+    @abstractmethod
     def up(self, spec: InstanceSpec, sizing: Sizing, bundle: Bundle, progress: Progress) -> StackOutputs:
         """Create or converge the host; return how to reach it (pinned host key included)."""
 
+    @abstractmethod
     def resize(self, spec: InstanceSpec, old: Sizing, new: Sizing, progress: Progress) -> StackOutputs: ...
 
-    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False) -> None: ...
+    @abstractmethod
+    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False, unprotect: bool = False) -> None:
+        """Destroy the stack; its backups stay unless ``purge_backups``. ``unprotect`` lifts deletion
+        protection first where the provider has it."""
 
+    @abstractmethod
     def outputs(self, stack: str) -> StackOutputs:
         """The outputs of an existing stack; ProvisionError if there is none."""
 
+    @abstractmethod
     def stacks(self) -> list[StackSummary]: ...
 
+    @abstractmethod
     def stored_domain(self, stack: str) -> str | None:
         """The domain the stack was made for; None if there is no such stack, '' if it does not say."""
 
+    @abstractmethod
     def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
         """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
 
+    @abstractmethod
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""
 
+    @abstractmethod
     def kept_backups(self, spec: InstanceSpec) -> KeptBackups | None:
         """Before `up` creates a stack: the repository an earlier stack of this domain left, or None.
         Reads only; creates nothing."""
 
+    @abstractmethod
     def set_aside_backups(self, spec: InstanceSpec, kept: KeptBackups, progress: Progress) -> KeptBackups:
         """Move that repository aside (renamed, never deleted) so the new stack starts a fresh one;
         return where it is now."""
 
+    @abstractmethod
     def renew_bootstrap_key(self, spec: InstanceSpec, progress: Progress) -> bool:
         """Before `up`: if the stack's configured server is gone (lost with its disk, deleted), so that
         `up` creates a new one, give that one a fresh one-time bootstrap host key and drop the lost

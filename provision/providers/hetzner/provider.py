@@ -19,7 +19,7 @@ from typing import Any
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError
 from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
-from provision.providers import KeptBackups, Plan, Progress, StackSummary
+from provision.providers import KeptBackups, Plan, Progress, Provider, StackSummary
 from provision.providers.hetzner.api import Api
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
@@ -123,7 +123,7 @@ def server_exists(server_id: str, token: str, *, base_url: str | None = None, cl
         return True
 
 
-class HetznerProvider:
+class HetznerProvider(Provider):
     name = "hetzner"
 
     def __init__(self, engine: Any = None, backend: str | None = None, exists: Any = None, s3: Any = None):

@@ -23,8 +23,8 @@ from typing import Any
 
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
-from provision.model import Bundle, HostAccess, StackOutputs
-from provision.providers import KeptBackups, Plan, PlannedResource, Progress, StackSummary
+from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
+from provision.providers import KeptBackups, Plan, PlannedResource, Progress, Provider, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 from provision.timestamps import utc_iso
@@ -60,7 +60,7 @@ def trust_hint(stack: str, ca: Path) -> str:
     return f"cp {ca} /usr/local/share/ca-certificates/fedi-{stack}.crt && update-ca-certificates"
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     name = "local"
 
     def __init__(
@@ -116,6 +116,9 @@ class LocalProvider:
                 raise MissingPrerequisite(
                     f"not enough disk for the local machine: {free_mb(path)} MB free in {path}, {need} MB needed"
                 )
+
+    def storage(self, spec: InstanceSpec) -> ObjectStorage | None:
+        return None  # media stay on the machine's disk
 
     def secrets(self, spec: InstanceSpec, *, store: bool = True) -> dict[str, str]:
         """Stored secrets, else fresh ones (stored encrypted unless ``store`` is False: `plan` stores nothing)."""
@@ -244,8 +247,9 @@ class LocalProvider:
         self._store().update(name, size=spec.size)
         return self.outputs(name)
 
-    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False, **_: Any) -> None:
-        """Stop and delete the machine; its local backups stay unless ``purge_backups``."""
+    def down(self, stack: str, progress: Progress, *, purge_backups: bool = False, unprotect: bool = False) -> None:
+        """Stop and delete the machine; its local backups stay unless ``purge_backups``. A local machine
+        has no deletion protection: ``unprotect`` changes nothing."""
         from provision.providers.local import machine
 
         store = self._store()
