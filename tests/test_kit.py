@@ -189,3 +189,22 @@ def test_opening_where_the_stack_is_known_is_refused(local_stack, tmp_path, caps
     (f,) = (tmp_path / "k").iterdir()
     rc, _, err = fedi(capsys, "kit", "open", f, "--identity", key)
     assert rc == 2 and "already has a local stack" in err
+
+
+@pytest.mark.parametrize("backend", ["s3://coop-state/fedi", "file:///root/.local/state/fedi/pulumi"])
+def test_a_hetzner_kit_names_its_backend_and_its_steps_name_no_secret(backend):
+    payload = kit.build_payload(
+        stack="social-example-org",
+        provider="hetzner",
+        identity={"domain": "social.example.org", "software": "mastodon", "size": "small"},
+        passphrase="correct-horse-battery",
+        backend=backend,
+        restic_env="RESTIC_PASSWORD=hunter2hunter2\n",
+        host_key="ssh-ed25519 AAAAC3Nz host",
+    )
+    steps = payload["steps"]
+    assert payload["state"] == {"backend": backend, "passphrase": "correct-horse-battery", "document": None,
+                                "machine": None}  # fmt: skip
+    assert f"fedi status --domain social.example.org --provider hetzner --backend {backend}" in steps
+    assert "correct-horse-battery" not in steps and "hunter2" not in steps
+    assert ("carries its passphrase" in steps) is backend.startswith("file://")
