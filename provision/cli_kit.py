@@ -110,6 +110,7 @@ def gather(name: str, prov: Any, backend: str | None) -> dict[str, Any]:
     outputs = prov.outputs(name)
     secrets = prov.stored_secrets(name)
     document = machine_data = None
+    backend_env: dict[str, str] = {}
     if prov.name == "local":
         from dataclasses import asdict
 
@@ -124,6 +125,8 @@ def gather(name: str, prov: Any, backend: str | None) -> dict[str, Any]:
         from provision.spec import load_config, state_backend
 
         backend = backend or state_backend(load_config()) or default_backend()
+        if backend.startswith("s3://"):
+            backend_env = {k: os.environ[k] for k in kit.BACKEND_ENV if os.environ.get(k)}
     return kit.build_payload(
         stack=name,
         provider=prov.name,
@@ -134,6 +137,7 @@ def gather(name: str, prov: Any, backend: str | None) -> dict[str, Any]:
         host_key=outputs.access.host_key,
         document=document,
         machine=machine_data,
+        backend_env=backend_env,
         created=utc_iso(),
     )
 
@@ -204,7 +208,7 @@ def open_cmd(
     emit(
         {"stack": payload["stack"], "provider": payload["provider"], **{k: str(v) for k, v in saved.items()}},
         as_json,
-        payload["steps"] + f"\nopened: stack {payload['stack']}; backup settings in {saved['restic_env']}",
+        payload["steps"] + f"\nopened: stack {payload['stack']}; saved " + ", ".join(str(p) for p in saved.values()),
     )
 
 
@@ -243,8 +247,14 @@ def install(payload: dict[str, Any]) -> dict[str, Path]:
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.write_private(where / "restic.env", payload["backup"]["restic_env"])
     paths.write_private(where / "STEPS.txt", payload["steps"])
+    saved = {"restic_env": where / "restic.env", "steps": where / "STEPS.txt"}
+    if state.get("backend_env"):
+        from provision.backup import render_env
+
+        saved["backend_env"] = where / "backend.env"
+        paths.write_private(saved["backend_env"], render_env(state["backend_env"]))
     note(f"fedi now knows stack {name} ({payload['provider']})")
-    return {"restic_env": where / "restic.env", "steps": where / "STEPS.txt"}
+    return saved
 
 
 def register(app: typer.Typer) -> None:

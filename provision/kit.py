@@ -26,6 +26,8 @@ from provision.errors import UsageError
 
 FORMAT = 1
 AGE_INSTALL = "apt-get install age"
+# What Pulumi's s3:// backend reads from the environment (the co-op's state bucket and its keys).
+BACKEND_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL_S3")
 _RECIPIENT = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+( .*)?|age1[0-9a-z]{58})$")
 _LABEL = re.compile(r"[^a-z0-9]+")
 
@@ -86,6 +88,7 @@ def build_payload(
     host_key: str,
     document: dict[str, Any] | None = None,
     machine: dict[str, Any] | None = None,
+    backend_env: dict[str, str] | None = None,
     created: str = "",
 ) -> dict[str, Any]:
     payload = {
@@ -94,7 +97,13 @@ def build_payload(
         "provider": provider,
         "identity": {k: identity.get(k) for k in ("domain", "software", "size", "production")},
         "created": created,
-        "state": {"backend": backend, "passphrase": passphrase, "document": document, "machine": machine},
+        "state": {
+            "backend": backend,
+            "backend_env": dict(backend_env or {}),  # the s3:// backend's own access keys
+            "passphrase": passphrase,
+            "document": document,
+            "machine": machine,
+        },
         "backup": {"restic_env": restic_env},
         "host_key": host_key,
     }
@@ -118,6 +127,13 @@ def steps_page(payload: dict[str, Any]) -> str:
         "2. Open the kit (with a threshold, every trustee's file and key together):",
         "     fedi kit open KIT-FILE --identity ~/.ssh/id_ed25519",
         "   This computer now knows the stack, its state passphrase and its backup settings.",
+    ]
+    if payload["state"].get("backend_env"):
+        lines += [
+            "   The state backend's access keys are in the backend.env `fedi kit open` saved: load them first,",
+            f"   in each shell:  set -a; . ~/.local/state/fedi/kits/{stack}/backend.env; set +a",
+        ]
+    lines += [
         "3. See how the instance is:",
         f"     fedi status {flags}",
         f"     fedi backup list {flags}",

@@ -203,8 +203,38 @@ def test_a_hetzner_kit_names_its_backend_and_its_steps_name_no_secret(backend):
         host_key="ssh-ed25519 AAAAC3Nz host",
     )
     steps = payload["steps"]
-    assert payload["state"] == {"backend": backend, "passphrase": "correct-horse-battery", "document": None,
-                                "machine": None}  # fmt: skip
+    assert payload["state"] == {"backend": backend, "backend_env": {}, "passphrase": "correct-horse-battery",
+                                "document": None, "machine": None}  # fmt: skip
     assert f"fedi status --domain social.example.org --provider hetzner --backend {backend}" in steps
     assert "correct-horse-battery" not in steps and "hunter2" not in steps
     assert ("carries its passphrase" in steps) is backend.startswith("file://")
+
+
+def test_a_hetzner_kit_opened_sets_the_passphrase_and_the_backend_keys(tmp_path, monkeypatch, capsys):
+    fresh(monkeypatch, tmp_path / "new")
+    payload = kit.build_payload(
+        stack="social-example-org",
+        provider="hetzner",
+        identity={"domain": "social.example.org", "software": "mastodon", "size": "small"},
+        passphrase="correct-horse-battery",
+        backend="s3://coop-state/fedi",
+        restic_env="RESTIC_PASSWORD=hunter2hunter2\n",
+        host_key="ssh-ed25519 AAAAC3Nz host",
+        backend_env={"AWS_ACCESS_KEY_ID": "AKSTATE", "AWS_SECRET_ACCESS_KEY": "SKSTATE"},
+    )
+    assert ". ~/.local/state/fedi/kits/social-example-org/backend.env" in payload["steps"]
+    saved = cli_kit.install(payload)
+    from provision.backup import parse_env
+    from provision.state import passphrase
+
+    assert passphrase() == "correct-horse-battery"
+    assert parse_env(saved["backend_env"].read_text()) == {
+        "AWS_ACCESS_KEY_ID": "AKSTATE",
+        "AWS_SECRET_ACCESS_KEY": "SKSTATE",
+    }
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in saved.values())
+    # Another stack's kit with another passphrase is refused on this computer, nothing written.
+    other = {**payload, "stack": "other", "state": {**payload["state"], "passphrase": "another"}}
+    with pytest.raises(Exception, match="state passphrase is not the one"):
+        cli_kit.install(other)
+    assert not (tmp_path / "new" / "fedi_state_dir" / "kits" / "other").exists()
