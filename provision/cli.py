@@ -139,7 +139,13 @@ def _register_commands() -> None:
     """Command groups living in their own modules register themselves here."""
     import importlib
 
-    for module in ("provision.cli_stack", "provision.cli_backup", "provision.cli_coop", "provision.cli_smoke"):
+    for module in (
+        "provision.cli_stack",
+        "provision.cli_backup",
+        "provision.cli_coop",
+        "provision.cli_smoke",
+        "provision.cli_admins",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
