@@ -261,6 +261,12 @@ def test_admins_log_in_with_their_own_keys_and_a_removed_one_is_refused_at_once(
     assert _ssh_raw(here, "bob", admin_keys["bob"]) == 255  # the server refuses at once
     assert inside(here.stack, ["id", "bob"]).returncode != 0 and not _exists(here.stack, "/home/bob")
     assert _ssh_as(here, "alice", admin_keys["alice"], capfd)[0] == 0
+    # a name a user fedi did not make already has on the server: refused there, nothing recorded or changed
+    assert inside(here.stack, ["useradd", "--no-create-home", "carol"]).returncode == 0
+    assert cli.main(["admins", "add", "carol", "--ssh-key", f"{admin_keys['bob']}.pub", *where]) == 5
+    assert "carol is already a user on the server" in capfd.readouterr().err
+    assert [a["name"] for a in _provider().outputs(here.stack).extra["admins"]] == ["alice"]
+    assert inside(here.stack, ["id", "-nG", "carol"]).stdout.split() == ["carol"]
 
 
 def _exists(stack: str, path: str) -> bool:
