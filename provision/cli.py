@@ -145,6 +145,7 @@ def _register_commands() -> None:
         "provision.cli_coop",
         "provision.cli_smoke",
         "provision.cli_kit",
+        "provision.cli_admins",
     ):
         try:
             mod = importlib.import_module(module)

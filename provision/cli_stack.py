@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets as _secrets
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -474,13 +475,20 @@ def ssh_cmd(
     stack: StackOpt = None,
     provider: Provider = None,
     backend: Backend = None,
+    as_admin: Annotated[
+        str | None, typer.Option("--as", help="log in as this admin (fedi admins add) with their own key")
+    ] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="with --as: the admin's private key file")] = None,
 ) -> None:
     """Open a shell on the server (host key pinned), or run COMMAND there."""
-    from provision import remote
+    from provision import admins, remote
 
     name, prov = resolve(stack, domain, provider, backend)
     outputs = prov.outputs(name)
-    raise typer.Exit(remote.interactive_shell(outputs.access, command or None))
+    access = outputs.access
+    if as_admin is not None or identity is not None:
+        access = admins.login_access(access, admins.from_records(outputs.extra.get("admins")), as_admin, identity)
+    raise typer.Exit(remote.interactive_shell(access, command or None))
 
 
 def logs_cmd(

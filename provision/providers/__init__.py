@@ -83,6 +83,10 @@ class Provider(Protocol):
     def adopt_secrets(self, stack: str, old: dict[str, str]) -> None:
         """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
 
+    def set_admins(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the stack's admins (provision.admins records); ``outputs(stack).extra["admins"]`` reads them
+        back, and every converge hands them to the playbook."""
+
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""

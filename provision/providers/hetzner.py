@@ -335,7 +335,7 @@ class HetznerProvider:
             server_id=str(out.get("server_id", "")),
             server_type=out.get("server_type", ""),
             storage=storage,
-            extra=_record(out),
+            extra={**_record(out), "admins": json.loads(self.engine.read_config(stack, "admins") or "[]")},
         )
 
     def _client_key_file(self, stack: str, private_key: str) -> Path:
@@ -369,6 +369,11 @@ class HetznerProvider:
                 )
             )
         return found
+
+    def set_admins(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the stack's admins (provision.admins records) in the stack's config (no secrets in them)."""
+        self.outputs(stack)  # ProvisionError if the stack has no server
+        self.engine.write_config(stack, "admins", json.dumps(list(records), sort_keys=True), secret=False)
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the server id that showed it: a re-created server is another one."""
