@@ -16,7 +16,7 @@ import yaml
 from test_health import DOMAIN, Site, app_routes, make_ca, serve
 
 from provision import apps, coop, health
-from provision.apps import App, BundleFile, CheckFailed, Tuning, field_of
+from provision.apps import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of
 from provision.bundle import render_bundle
 from provision.model import HostAccess, StackOutputs
 from provision.resources import ansible_dir, templates_dir
@@ -199,6 +199,11 @@ FOURTH = App(
     actor_path="/instance-actor",
     api_check=_fourth_api,
     announce=_fourth_announce,
+    cleanup=Cleanup(
+        doc=("fourth prune --older-than $FEDI_MEDIA_DAYS   (cached remote files)",),
+        services="'fourth*'",
+        commands=('in_app fourth prune --older-than "$FEDI_MEDIA_DAYS"',),
+    ),
 )
 
 FOURTH_TEMPLATES = {
@@ -238,6 +243,10 @@ def test_a_fourth_app_is_sized_rendered_and_checked_like_the_others(fourth: App,
     assert f"reverse_proxy 127.0.0.1:{fourth.ports['fourth']}" in bundle.path("proxy").read_text()
     assert 'WORKERS: "2"' in bundle.path("compose").read_text()
     assert secrets["fourth_secret"] == "s" * 32 and secrets["valkey_password"]
+    cleanup = (bundle.root / "bin/fedi-cleanup").read_text()
+    assert "#   fourth    fourth prune --older-than $FEDI_MEDIA_DAYS   (cached remote files)" in cleanup
+    assert "    fourth) SERVICE=$(running_service 'fourth*') || SERVICE=\"\" ;;" in cleanup
+    assert '    fourth)\n      in_app fourth prune --older-than "$FEDI_MEDIA_DAYS"\n      ;;' in cleanup
 
 
 def test_a_fourth_app_is_health_checked_and_announces_through_the_catalog(

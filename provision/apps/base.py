@@ -50,6 +50,16 @@ class Tuning(ABC):
         return {}
 
 
+@dataclass(frozen=True)
+class Cleanup:
+    """What the server's fedi-cleanup timer runs for the app (templates/backup/fedi-cleanup.sh.j2 writes it)."""
+
+    doc: tuple[str, ...]  # its lines of the script's header (what runs, and why)
+    services: str = ""  # the compose services to run in, first running one wins (bash words); '' = none
+    commands: tuple[str, ...] = ()  # bash lines run in that service (``in_app CMD...``)
+    nothing: str = ""  # why there is nothing to run, when ``services`` is ''
+
+
 class CheckFailed(Exception):
     """A health check's failure, with its one-line reason (raised by an app's API check)."""
 
@@ -79,6 +89,7 @@ class App:
     actor_path: str  # where it serves the instance actor (with an ActivityPub Accept header)
     api_check: Callable[[Callable[[str], Any], str], str]  # (GET-JSON by path, domain) -> detail; CheckFailed
     announce: Callable[..., str]  # (spec, report, provider, outputs, *, base_url, run) -> what was done
+    cleanup: Cleanup  # cached remote media and caches removed on a schedule
     resolves_admin_email: bool = False  # its admin creation refuses an address whose domain does not resolve
 
 

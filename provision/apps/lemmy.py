@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Tuning, field_of, register
+from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # github.com/LemmyNet/lemmy tags (0.19.20, July 2026, is the newest stable; 1.0.0 is still in beta) and
 # lemmy-ansible's VERSION file (0.19.20), which pins lemmy and lemmy-ui to the same version.
@@ -148,5 +148,12 @@ APP = register(
         actor_path="/",
         api_check=api_check,
         announce=announce,
+        cleanup=Cleanup(
+            doc=(
+                "no cleanup command exists: Lemmy has none, and pict-rs removes proxied media and generated",
+                "variants by itself after its [media.retention] periods (7 days by default).",
+            ),
+            nothing="no cleanup command; pict-rs expires proxied media and variants itself",
+        ),
     )
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Tuning, field_of, register
+from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # The newest release confirmed from the project itself: mastodon/mastodon PR #40517 "Bump version to
 # v4.7.2" and mastodon/chart PR #248 "Update mastodon app to v4.7.2" (4.7 is the current stable line).
@@ -178,6 +178,23 @@ APP = register(
         actor_path="/actor",
         api_check=api_check,
         announce=announce,
+        cleanup=Cleanup(
+            doc=(
+                "tootctl media remove --days $FEDI_MEDIA_DAYS         (cached remote media; refetched on demand)",
+                "tootctl preview_cards remove --days $FEDI_PREVIEW_CARD_DAYS   (Mastodon: keep >= 14 days)",
+                "tootctl media remove-orphans, on Sundays only       (scans every stored file: slow, S3 LIST calls)",
+                "Not scheduled: `tootctl statuses remove` and `accounts prune` (they delete database rows,",
+                "heavy on large instances; an admin's decision, not a timer's).",
+            ),
+            services=""""${FEDI_CLEANUP_SERVICE:-web}" 'sidekiq*' 'web*'""",
+            commands=(
+                'in_app tootctl media remove --days "$FEDI_MEDIA_DAYS"',
+                'in_app tootctl preview_cards remove --days "$FEDI_PREVIEW_CARD_DAYS"',
+                'if [ "${FEDI_WEEKDAY:-$(date -u +%u)}" = 7 ]; then',
+                "  in_app tootctl media remove-orphans",
+                "fi",
+            ),
+        ),
         # `tootctl accounts create` validates the e-mail's domain by DNS (see provision/admin_email.py)
         resolves_admin_email=True,
     )

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Tuning, field_of, register
+from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # github.com/MbinOrg/mbin tags (v1.10.1, August 2026); images at ghcr.io/mbinorg/mbin, whose docs say to
 # pin a release tag in production instead of `latest`.
@@ -157,5 +157,10 @@ APP = register(
         actor_path="/i/actor",
         api_check=api_check,
         announce=announce,
+        cleanup=Cleanup(
+            doc=("bin/console mbin:images:remove-remote --days $FEDI_MEDIA_DAYS  (cached remote images)",),
+            services=""""${FEDI_CLEANUP_SERVICE:-php}" 'php*' 'messenger*'""",
+            commands=('in_app bin/console --no-interaction mbin:images:remove-remote --days "$FEDI_MEDIA_DAYS"',),
+        ),
     )
 )

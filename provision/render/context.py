@@ -79,6 +79,7 @@ def build_context(
     return {
         "spec": spec,
         "app": app,
+        "catalog": apps.all_apps(),  # every app (fedi-cleanup carries each app's commands)
         "sizing": sizing,
         "secrets": secrets,
         "storage": storage,
