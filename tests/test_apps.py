@@ -110,6 +110,12 @@ def test_every_app_of_the_catalog_is_health_checked_the_same_way(site: Site, pki
     assert details["actor"].startswith(f"https://{DOMAIN}{apps.get(name).actor_path} ")
 
 
+def test_the_registries_a_local_machine_needs_come_from_the_catalog() -> None:
+    from provision.local import net
+
+    assert net.registries() == (("registry-1.docker.io", 443), ("ghcr.io", 443))
+
+
 def test_kbin_resolves_to_mbin_in_the_catalog_only() -> None:
     assert apps.get("kbin") is apps.get("mbin") and apps.app_name("kbin") == "mbin"
     assert build_spec({"software": "kbin", "size": "tiny", "domain": DOMAIN}).app == "mbin"
