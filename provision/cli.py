@@ -15,14 +15,20 @@ from typing import Annotated, Any
 import typer
 from typer._click.exceptions import ClickException
 
+from provision import apps
 from provision.errors import FediError
-from provision.spec import KBIN_NOTE, InstanceSpec, build_spec, load_config, parse_ttl
+from provision.spec import InstanceSpec, build_spec, load_config, parse_ttl
+
+# Said where the software is named: each app's note about the names it is asked for by (kbin -> mbin).
+APP_NOTES = " ".join(a.note for a in apps.all_apps() if a.note)
+_NAMES = apps.software_names()
+SOFTWARE_CHOICES = f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}" if len(_NAMES) > 1 else _NAMES[0]
 
 app = typer.Typer(
     name="fedi",
     help=(
         "Provision a live, TLS-secured Mastodon, Lemmy or kbin instance, sized for its users, "
-        f"with DNS, object storage, hardening, backups and a co-op billing hook. {KBIN_NOTE}"
+        f"with DNS, object storage, hardening, backups and a co-op billing hook. {APP_NOTES}"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -40,7 +46,7 @@ def _root() -> None:
 # Options shared by every command that needs an instance spec. None = "not given": fedi.toml fills it.
 Software = Annotated[
     str | None,
-    typer.Option(help=f"mastodon, lemmy or kbin. {KBIN_NOTE}", show_default=False),
+    typer.Option(help=f"{SOFTWARE_CHOICES}. {APP_NOTES}", show_default=False),
 ]
 Size = Annotated[
     str | None,
@@ -129,8 +135,8 @@ def render(
     from provision.sizing import sizing
 
     spec = spec_from(software, size, domain, location, admin_email, provider)
-    if spec.software == "kbin":
-        note(KBIN_NOTE)
+    if apps.get(spec.software).note:
+        note(apps.get(spec.software).note)
     bundle = render_bundle(spec, sizing(spec), generate_secrets(spec), storage=None, out=out)
     emit(bundle.manifest, as_json, f"Wrote {len(bundle.manifest['files'])} files to {out}")
 

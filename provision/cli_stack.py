@@ -438,10 +438,10 @@ def stacks_cmd(provider: Provider = None, backend: Backend = None, as_json: Json
         age_h = (now - created) / 3600 if created else None
         cost = None
         if s.size and s.software:
-            from provision.spec import APPS
+            from provision import apps
 
             location = getattr(s, "location", "") or "fsn1"
-            cost = monthly_cost((s.size, APPS.get(s.software, s.software), location)) if s.provider != "local" else None
+            cost = monthly_cost((s.size, apps.app_name(s.software), location)) if s.provider != "local" else None
         rows.append(
             {
                 "stack": s.stack,

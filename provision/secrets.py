@@ -14,6 +14,7 @@ import string
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from provision import apps
 from provision.spec import InstanceSpec
 
 _ALNUM = string.ascii_letters + string.digits
@@ -103,42 +104,10 @@ def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
         "ssh_client_key": client_priv,
         "ssh_client_key_pub": client_pub,
     }
-    app = spec.app
-    if app in ("mastodon", "mbin"):
+    app = apps.get(spec.app)
+    if "valkey" in app.services:
         out["valkey_password"] = alnum(32)
-    if app == "mastodon":
-        vapid_private, vapid_public = vapid_keypair()
-        out.update(
-            {
-                "mastodon_secret_key_base": rails_secret(),
-                "mastodon_otp_secret": rails_secret(),
-                "mastodon_ar_deterministic_key": rails_encryption_key(),
-                "mastodon_ar_key_derivation_salt": rails_encryption_key(),
-                "mastodon_ar_primary_key": rails_encryption_key(),
-                "mastodon_vapid_private_key": vapid_private,
-                "mastodon_vapid_public_key": vapid_public,
-            }
-        )
-    elif app == "lemmy":
-        # lemmy.hjson pictrs.api_key and pict-rs's PICTRS__SERVER__API_KEY: the same value.
-        out["pictrs_api_key"] = alnum(40)
-    else:
-        passphrase = alnum(32)
-        oauth_private, oauth_public = rsa_keypair(passphrase)
-        out.update(
-            {
-                "rabbitmq_password": alnum(32),
-                # Symfony's APP_SECRET: 32 hex characters, the form Symfony's own recipe generates.
-                "mbin_app_secret": secrets.token_hex(16),
-                "mbin_oauth_passphrase": passphrase,
-                "mbin_oauth_private_key": oauth_private,
-                "mbin_oauth_public_key": oauth_public,
-                # mbin docs: `openssl rand -hex 16`
-                "mbin_oauth_encryption_key": secrets.token_hex(16),
-                # Mercure signs JWTs with HS256: at least 256 bits of key.
-                "mbin_mercure_jwt_secret": secrets.token_hex(32),
-            }
-        )
+    out.update(app.secrets())
     return out
 
 

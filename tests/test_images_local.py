@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from provision import cli, names, versions
+from provision import apps, cli, names
 from provision.local import machine
 from provision.providers.local import LocalProvider
 
 pytestmark = pytest.mark.testhost
 
-REF = versions.images("mbin")["mbin"]
+REF = dict(apps.get("mbin").images)["mbin"]
 WRONG = REF.rsplit(":", 1)[0] + ":not-the-pin"
 
 
