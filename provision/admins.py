@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from provision import apps
 from provision.errors import UsageError, ValidationError
 from provision.fields import validate_email
 
@@ -33,8 +34,8 @@ SYSTEM_USERS = frozenset(
     """root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats nobody
     _apt messagebus sshd polkitd postgres caddy valkey redis rabbitmq docker dnsmasq tss uuidd ntp ntpsec
     _chrony chrony fail2ban admin administrator sudo staff adm wheel operator ubuntu debian cloud-user fedi
-    restic app lemmy mastodon mbin""".split()  # noqa: SIM905 - a word list reads better than 52 quoted words
-)
+    restic app""".split()  # noqa: SIM905 - a word list reads better than 49 quoted words
+) | {app.name for app in apps.all_apps()}  # each app's database role and name
 _SYSTEM_PREFIXES = ("systemd-", "debian-", "_")
 # The key types sshd accepts from clients (PubkeyAcceptedAlgorithms): ECDSA is not among them.
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
@@ -105,12 +106,9 @@ def check_role(software: str, app_role: str | None, email: str | None) -> tuple[
         return "", ""
     if app_role not in ROLES:
         raise ValidationError("--app-role", f"{app_role!r} is not one of {', '.join(ROLES)}")
-    if software == "lemmy" and app_role == "moderator":
-        raise ValidationError(
-            "--app-role",
-            "Lemmy has no instance moderators, only instance admins (and moderators of single communities, "
-            "which a community's own moderators appoint); use --app-role admin or none",
-        )
+    refused = apps.get(software).admin_account.refused.get(app_role)
+    if refused:
+        raise ValidationError("--app-role", refused)
     if not email:
         raise UsageError("--app-role needs --email (the app account's e-mail)")
     return app_role, validate_email(email, "--email")
@@ -154,41 +152,18 @@ def ansible_vars(admins: list[Admin]) -> dict[str, Any]:
 
 APP_DIR = "/opt/fedi/app"  # roles/app/defaults/main.yml app_dir
 COMPOSE = ["docker", "compose", "--project-directory", APP_DIR, "-f", f"{APP_DIR}/compose.yaml"]
-COMMAND_SERVICE = {"mastodon": "web", "lemmy": "lemmy", "mbin": "php"}  # app_command_service
-MASTODON_ROLE = {"admin": "Admin", "moderator": "Moderator"}  # Mastodon's default UserRoles
 
 
 def app_account_argvs(software: str, admin: Admin) -> list[list[str]]:
-    """The commands that give ``admin`` an account with its role in the app.
-
-    Mastodon: tootctl makes the account confirmed, with the role; it prints a random password, which
-    fedi never shows (the admin sets their own through "Forgot your password?").
-    mbin: mbin:user:create takes a password argument (src/Command/UserCommand.php): it gets a throwaway
-    one, made on this computer and sent on stdin, never shown; the admin sets their own the same way;
-    --admin or --moderator gives the role.
-    Lemmy: no command creates accounts; the admin signs up on the site, then fedi makes that account an
-    instance admin in Lemmy's database (local_user.admin, Lemmy 0.19)."""
+    """The commands that give ``admin`` an account with its role in the app (the app's recipe is in its
+    catalog entry, ``provision/apps/<app>.py`` ``admin_account``)."""
     if not admin.app_role:
         return []
-    service = COMMAND_SERVICE[software]
-    run = [*COMPOSE, "run", "--rm", "--no-deps", "-T", service]
-    if software == "mastodon":
-        create = ["bin/tootctl", "accounts", "create", admin.name, "--email", admin.email, "--confirmed"]
-        return [
-            [*run, *create, "--role", MASTODON_ROLE[admin.app_role]],
-            [*run, "bin/tootctl", "accounts", "approve", admin.name],
-        ]
-    if software == "mbin":  # the password comes on stdin (PASSWORD_ON_STDIN), never in the command line
-        flag = "--admin" if admin.app_role == "admin" else "--moderator"
-        create = [*run, "bin/console", "mbin:user:create", flag, admin.name, admin.email]
-        return [["sh", "-c", 'IFS= read -r password && exec "$@" "$password"', "sh", *create]]
-    if software == "lemmy":  # the name matched _NAME (a-z 0-9 _ -): it is safe inside a SQL literal
-        if not _NAME.fullmatch(admin.name):
-            raise ValueError(f"not a login name: {admin.name!r}")
-        where = f"person.local AND person.name = '{admin.name}'"
-        sql = f"UPDATE local_user SET admin = true FROM person WHERE local_user.person_id = person.id AND {where} RETURNING person.name"  # noqa: E501, S608 - _NAME above
-        return [["runuser", "-u", "postgres", "--", "psql", "-XtAq", "-v", "ON_ERROR_STOP=1", "-d", "lemmy", "-c", sql]]
-    raise ValueError(f"no app account recipe for {software!r}")
+    if not _NAME.fullmatch(admin.name):
+        raise ValueError(f"not a login name: {admin.name!r}")
+    account = apps.get(software).admin_account
+    run = [*COMPOSE, "run", "--rm", "--no-deps", "-T", account.service]
+    return account.commands(run, admin.name, admin.email, admin.app_role)
 
 
 # -- the admins-only play (provision.admins_play runs it over the pinned channel) --

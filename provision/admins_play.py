@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from provision import admins, resources
+from provision import admins, apps, resources
 from provision.errors import RemoteError
 from provision.model import HostAccess
 from provision.remote import commands
@@ -83,8 +83,6 @@ def create_app_account(access: HostAccess, software: str, admin: admins.Admin) -
             if rc != 0:
                 last = (err.strip().splitlines() or ["no output"])[-1]
                 raise RemoteError(f"creating {admin.name}'s {software} account failed (exit {rc}): {last}")
-            if software == "lemmy" and admin.name not in out.split():
-                raise RemoteError(
-                    f"Lemmy has no account named {admin.name!r} yet: sign up on the site with that name first, "
-                    f"then run `fedi admins add` again"
-                )
+            signup_first = apps.get(software).admin_account.signup_first
+            if signup_first and admin.name not in out.split():
+                raise RemoteError(f"{software} has no account named {admin.name!r} yet: {signup_first}")

@@ -16,7 +16,7 @@ import yaml
 from test_health import DOMAIN, Site, app_routes, make_ca, serve
 
 from provision import apps, coop, health
-from provision.apps import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of
+from provision.apps import AdminAccount, App, BundleFile, CheckFailed, Cleanup, Tuning, field_of
 from provision.bundle import render_bundle
 from provision.model import HostAccess, StackOutputs
 from provision.resources import ansible_dir, templates_dir
@@ -210,6 +210,11 @@ FOURTH = App(
         services="'fourth*'",
         commands=('in_app fourth prune --older-than "$FEDI_MEDIA_DAYS"',),
     ),
+    admin_account=AdminAccount(
+        service="fourth",
+        commands=lambda run, name, email, role: [[*run, "fourth", "make-user", name, email, f"--{role}"]],
+        refused={"moderator": "fourth has no moderators"},
+    ),
 )
 
 FOURTH_TEMPLATES = {
@@ -285,3 +290,25 @@ def test_a_fourth_app_is_health_checked_and_announces_through_the_catalog(
     spec = build_spec({"software": "quatre", "size": "tiny", "domain": DOMAIN, "provider": "local"})
     said = coop.announce(spec, Report(), Provider())
     assert said.startswith(f"posted on https://{DOMAIN} for {spec.stack_name}: **Funding, ")
+
+
+def test_a_fourth_apps_admin_accounts_come_from_its_catalog_entry(fourth: App) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from provision import admins
+    from provision.errors import ValidationError
+
+    key = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    with pytest.raises(ValidationError, match="fourth has no moderators"):
+        admins.make("erin", key, "quatre", [], app_role="moderator", email="erin@example.org")
+    erin = admins.make("erin", key, "quatre", [], app_role="admin", email="erin@example.org")
+    run = [*admins.COMPOSE, "run", "--rm", "--no-deps", "-T", "fourth"]
+    assert admins.app_account_argvs("quatre", erin) == [
+        [*run, "fourth", "make-user", "erin", "erin@example.org", "--admin"]
+    ]

@@ -9,6 +9,7 @@ from provision.apps import lemmy  # noqa: F401
 from provision.apps import mbin  # noqa: F401
 from provision.apps.base import (
     CATALOG,
+    AdminAccount,
     App,
     BundleFile,
     CheckFailed,
@@ -24,6 +25,7 @@ from provision.apps.base import (
 
 __all__ = [
     "CATALOG",
+    "AdminAccount",
     "App",
     "BundleFile",
     "CheckFailed",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SERVICES = frozenset({"valkey", "rabbitmq"})  # what the host playbook can run beside Postgres for an app
@@ -60,6 +60,22 @@ class Cleanup:
     nothing: str = ""  # why there is nothing to run, when ``services`` is ''
 
 
+@dataclass(frozen=True)
+class AdminAccount:
+    """How an admin gets an account with a role in the app (``fedi admins add --app-role``).
+
+    ``commands`` gets the ``docker compose run`` prefix for ``service``, the login name (already checked
+    against ``[a-z][a-z0-9_-]*``), the e-mail and the role, and returns the commands fedi runs as root on
+    the server; each reads a throwaway password on stdin where the app needs one, never in argv."""
+
+    service: str  # the compose service the app's own commands run in
+    commands: Callable[[list[str], str, str, str], list[list[str]]]
+    refused: Mapping[str, str] = field(default_factory=dict)  # role -> why the app cannot give it
+    # Non-empty when the account must exist already (the admin signs up first): the last command prints
+    # the name when it found the account, and this says what to do when it did not.
+    signup_first: str = ""
+
+
 class CheckFailed(Exception):
     """A health check's failure, with its one-line reason (raised by an app's API check)."""
 
@@ -90,6 +106,7 @@ class App:
     api_check: Callable[[Callable[[str], Any], str], str]  # (GET-JSON by path, domain) -> detail; CheckFailed
     announce: Callable[..., str]  # (spec, report, provider, outputs, *, base_url, run) -> what was done
     cleanup: Cleanup  # cached remote media and caches removed on a schedule
+    admin_account: AdminAccount  # an admin's own account and role in the app
     resolves_admin_email: bool = False  # its admin creation refuses an address whose domain does not resolve
 
 

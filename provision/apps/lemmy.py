@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
+from provision.apps.base import AdminAccount, App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # github.com/LemmyNet/lemmy tags (0.19.20, July 2026, is the newest stable; 1.0.0 is still in beta) and
 # lemmy-ansible's VERSION file (0.19.20), which pins lemmy and lemmy-ui to the same version.
@@ -116,6 +117,19 @@ def announce(spec: Any, report: Any, provider: Any, outputs: Any, *, base_url: s
     return post(base_url, spec.admin_username, password, funding_text(report), verify=verify)
 
 
+_LOGIN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def admin_account(run: list[str], name: str, email: str, role: str) -> list[list[str]]:
+    """No Lemmy command creates accounts: the admin signs up on the site, then fedi makes that account an
+    instance admin in Lemmy's database (local_user.admin, Lemmy 0.19); psql prints the name it changed."""
+    if not _LOGIN.fullmatch(name):  # the name goes into a SQL literal: only a-z 0-9 _ -
+        raise ValueError(f"not a login name: {name!r}")
+    where = f"person.local AND person.name = '{name}'"
+    sql = f"UPDATE local_user SET admin = true FROM person WHERE local_user.person_id = person.id AND {where} RETURNING person.name"  # noqa: E501, S608 - _LOGIN above
+    return [["runuser", "-u", "postgres", "--", "psql", "-XtAq", "-v", "ON_ERROR_STOP=1", "-d", "lemmy", "-c", sql]]
+
+
 APP = register(
     App(
         name="lemmy",
@@ -154,6 +168,15 @@ APP = register(
                 "variants by itself after its [media.retention] periods (7 days by default).",
             ),
             nothing="no cleanup command; pict-rs expires proxied media and variants itself",
+        ),
+        admin_account=AdminAccount(
+            service="lemmy",
+            commands=admin_account,
+            refused={
+                "moderator": "Lemmy has no instance moderators, only instance admins (and moderators of single "
+                "communities, which a community's own moderators appoint); use --app-role admin or none"
+            },
+            signup_first="sign up on the site with that name first, then run `fedi admins add` again",
         ),
     )
 )

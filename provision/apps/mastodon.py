@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
+from provision.apps.base import AdminAccount, App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # The newest release confirmed from the project itself: mastodon/mastodon PR #40517 "Bump version to
 # v4.7.2" and mastodon/chart PR #248 "Update mastodon app to v4.7.2" (4.7 is the current stable line).
@@ -147,6 +147,16 @@ def announce(spec: Any, report: Any, provider: Any, outputs: Any, *, base_url: s
     return f"funding status published as Mastodon announcement {announcement_id}".rstrip()
 
 
+ROLES = {"admin": "Admin", "moderator": "Moderator"}  # Mastodon's default UserRoles (db/seeds/03_roles.rb)
+
+
+def admin_account(run: list[str], name: str, email: str, role: str) -> list[list[str]]:
+    """tootctl makes the account confirmed and approved, with the role; the random password it prints is
+    never shown (the admin sets their own through "Forgot your password?")."""
+    create = ["bin/tootctl", "accounts", "create", name, "--email", email, "--confirmed", "--role", ROLES[role]]
+    return [[*run, *create], [*run, "bin/tootctl", "accounts", "approve", name]]
+
+
 APP = register(
     App(
         name="mastodon",
@@ -197,5 +207,6 @@ APP = register(
         ),
         # `tootctl accounts create` validates the e-mail's domain by DNS (see provision/admin_email.py)
         resolves_admin_email=True,
+        admin_account=AdminAccount(service="web", commands=admin_account),
     )
 )

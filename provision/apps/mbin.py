@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from provision.apps.base import App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
+from provision.apps.base import AdminAccount, App, BundleFile, CheckFailed, Cleanup, Tuning, field_of, register
 
 # github.com/MbinOrg/mbin tags (v1.10.1, August 2026); images at ghcr.io/mbinorg/mbin, whose docs say to
 # pin a release tag in production instead of `latest`.
@@ -123,6 +123,15 @@ def announce(spec: Any, report: Any, provider: Any, outputs: Any, *, base_url: s
     return post(base_url, funding_text(report), verify=tls_context(spec, outputs))
 
 
+def admin_account(run: list[str], name: str, email: str, role: str) -> list[list[str]]:
+    """mbin:user:create takes a password argument (src/Command/UserCommand.php): a throwaway one, made on
+    fedi's computer and sent on stdin, never shown and never in argv; the admin sets their own through
+    "Forgot your password?". --admin or --moderator gives the role."""
+    flag = "--admin" if role == "admin" else "--moderator"
+    create = [*run, "bin/console", "mbin:user:create", flag, name, email]
+    return [["sh", "-c", 'IFS= read -r password && exec "$@" "$password"', "sh", *create]]
+
+
 APP = register(
     App(
         name="mbin",
@@ -162,5 +171,6 @@ APP = register(
             services=""""${FEDI_CLEANUP_SERVICE:-php}" 'php*' 'messenger*'""",
             commands=('in_app bin/console --no-interaction mbin:images:remove-remote --days "$FEDI_MEDIA_DAYS"',),
         ),
+        admin_account=AdminAccount(service="php", commands=admin_account),
     )
 )
