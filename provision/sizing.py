@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision.spec import APPS, SIZES, InstanceSpec
+from provision import apps
+from provision.apps import Tuning
+from provision.spec import SIZES, InstanceSpec
 
 
 @dataclass(frozen=True)
@@ -81,49 +83,6 @@ class Valkey:
 
 
 @dataclass(frozen=True)
-class SidekiqProcess:
-    name: str  # compose service suffix
-    concurrency: int  # threads; Mastodon docs: DB_POOL must equal this
-    queues: tuple[str, ...]  # empty = Mastodon's default sidekiq.yml (all queues incl. scheduler)
-
-
-@dataclass(frozen=True)
-class MastodonTuning:
-    """docs.joinmastodon.org/admin/scaling/: WEB_CONCURRENCY x MAX_THREADS, DB_POOL, Sidekiq, streaming."""
-
-    web_concurrency: int  # Puma worker processes (~350 MB each, Mastodon's "Resource usage" examples)
-    max_threads: int  # threads per Puma worker; DB_POOL for web = MAX_THREADS
-    sidekiq: tuple[SidekiqProcess, ...]  # one entry per Sidekiq container
-    streaming_processes: int  # Mastodon >= 4.3: scale streaming with processes, not STREAMING_CLUSTER_NUM
-
-    @property
-    def web_db_pool(self) -> int:
-        return self.max_threads
-
-
-@dataclass(frozen=True)
-class LemmyTuning:
-    """lemmy.hjson `database.pool_size` (default 30 in Lemmy's defaults.hjson); pict-rs media limits."""
-
-    db_pool_size: int
-    pictrs_max_file_size_mb: int  # pict-rs [media] max_file_size; Caddy's body limit matches it
-    pictrs_max_width: int  # pict-rs [media.image] max_width
-    pictrs_max_height: int  # pict-rs [media.image] max_height
-    pictrs_max_area: int  # pict-rs [media.image] max_area (pixels)
-    pictrs_concurrency: int  # pict-rs [server] client_pool_size / processing concurrency
-
-
-@dataclass(frozen=True)
-class MbinTuning:
-    """mbin docs (docs/02-admin/01-installation): PHP-FPM workers, Symfony Messenger workers, transport."""
-
-    php_workers: int  # php-fpm pm.max_children (~64 MB each, mbin's FPM tuning guide)
-    messenger_workers: int  # `messenger:consume` processes (~128 MB each)
-    queue_transport: str  # amqp (RabbitMQ from Debian): the only transport mbin's messenger.yaml works with
-    rabbitmq_mb: int  # RabbitMQ vm_memory_high_watermark in MB (0 = not deployed)
-
-
-@dataclass(frozen=True)
 class Schedule:
     backup_on_calendar: str  # systemd OnCalendar for the backup run
     keep_hourly: int  # restic forget --keep-hourly
@@ -145,30 +104,15 @@ class Sizing:
     swap_mb: int  # swap file on the OS disk: a safety net, not capacity (RAM/2, at most 4 GB)
     postgres: Postgres
     valkey: Valkey
-    mastodon: MastodonTuning | None
-    lemmy: LemmyTuning | None
-    mbin: MbinTuning | None
+    rabbitmq_mb: int  # RabbitMQ's vm_memory_high_watermark (0 = not deployed)
+    tuning: Tuning  # the app's own tuning for this size (its catalog module defines it)
     upload_limit_mb: int  # the largest request body the proxy accepts (matches the app's own limit)
     schedule: Schedule
     users: tuple[int, int]  # (registered, monthly active) this size is for
 
     def app_memory_mb(self) -> dict[str, int]:
         """What each app process is configured to use, by component (MB)."""
-        if self.mastodon:
-            m = self.mastodon
-            parts = {"mastodon-web": 350 * m.web_concurrency + 20 * m.web_concurrency * m.max_threads}
-            for p in m.sidekiq:
-                parts[f"mastodon-sidekiq-{p.name}"] = 300 + 12 * p.concurrency
-            parts["mastodon-streaming"] = 100 * m.streaming_processes
-            return parts
-        if self.lemmy:
-            return {"lemmy": 300, "lemmy-ui": 250, "pictrs": 150 + 50 * self.lemmy.pictrs_concurrency}
-        assert self.mbin
-        b = self.mbin
-        parts = {"mbin-php": 64 * b.php_workers + 64, "mbin-messenger": 128 * b.messenger_workers}
-        if b.rabbitmq_mb:
-            parts["rabbitmq"] = b.rabbitmq_mb + 150
-        return parts
+        return self.tuning.memory_mb()
 
     @property
     def container_pids_limit(self) -> int:
@@ -207,51 +151,13 @@ def _pgtune(server: ServerType, max_connections: int, share: float) -> Postgres:
     )
 
 
-# Per size, for each app. Sources are named at each table.
-
-# Mastodon: docs.joinmastodon.org/admin/scaling (defaults WEB_CONCURRENCY=2, MAX_THREADS=5, Sidekiq -c 5;
-# "one Sidekiq process with 25 threads" as a starting point for bigger instances; scheduler queue in
-# exactly one process), and the memory figures of its "Resource usage" examples.
-_MASTODON = {
-    "tiny": MastodonTuning(1, 5, (SidekiqProcess("all", 10, ()),), 1),
-    "small": MastodonTuning(2, 5, (SidekiqProcess("all", 15, ()),), 1),
-    "medium": MastodonTuning(3, 5, (SidekiqProcess("all", 25, ()),), 1),
-    "large": MastodonTuning(
-        6,
-        5,
-        (
-            SidekiqProcess("all", 25, ()),
-            SidekiqProcess("federation", 25, ("ingress", "push", "pull", "default")),
-        ),
-        2,
-    ),
-}
-
-# Lemmy: defaults.hjson (pool_size 30), lemmy-ansible's Postgres example for the database share,
-# pict-rs defaults (max_width/height 10000, max_area 40,000,000) and lemmy-ansible's 20 MB nginx body limit.
-_LEMMY = {
-    "tiny": LemmyTuning(10, 20, 10000, 10000, 40_000_000, 1),
-    "small": LemmyTuning(20, 20, 10000, 10000, 40_000_000, 2),
-    "medium": LemmyTuning(30, 20, 10000, 10000, 40_000_000, 4),
-    "large": LemmyTuning(50, 20, 10000, 10000, 40_000_000, 8),
-}
-
-# mbin: docs (minimum 2 cores / 4 GB, recommended 4 cores / 8 GB), its FPM tuning guide and
-# docker/compose example (php workers, messenger `--limit` workers), RabbitMQ for larger instances.
-# RabbitMQ on every size: mbin's config/packages/messenger.yaml gives each transport AMQP-only options
-# (queues, exchange), which Symfony's Doctrine and Redis transports reject ("Unknown option found").
-_MBIN = {
-    "tiny": MbinTuning(8, 2, "amqp", 256),
-    "small": MbinTuning(16, 3, "amqp", 384),
-    "medium": MbinTuning(32, 6, "amqp", 512),
-    "large": MbinTuning(64, 12, "amqp", 1024),
-}
+# Per size; each app's own tuning per size is in its catalog module (provision/apps/<app>.py).
 
 # Share of RAM given to Postgres: lemmy-ansible's example tunes Postgres for the whole box; on a shared
 # host the apps take the rest, so the share grows with the size as app processes stop scaling linearly.
 _PG_SHARE = {"tiny": 0.25, "small": 0.3, "medium": 0.35, "large": 0.4}
 
-# Valkey maxmemory (MB): Mastodon's cache + Sidekiq queues; mbin's cache and sessions; Lemmy uses none.
+# Valkey maxmemory (MB), for the apps whose catalog entry uses Valkey (caches, sessions, job queues).
 _VALKEY = {"tiny": 192, "small": 384, "medium": 768, "large": 1536}
 
 # Backups: daily for small instances, more often for larger ones; retention hourly/daily/weekly/monthly.
@@ -262,39 +168,24 @@ _SCHEDULE = {
     "large": Schedule("*-*-* *:15:00", 48, 14, 8, 24, "Sun *-*-* 05:00:00", "*-*-* 04:30:00", 30, 60),
 }
 
-# Upload limits (MB): Mastodon's own caps are 16 MB images / 99 MB video (its nginx.conf allows 99m);
-# Lemmy follows pict-rs's max_file_size; mbin's nginx example allows 20M.
-_UPLOAD = {"mastodon": 99, "lemmy": 20, "mbin": 20}
-
-
-def _pool_connections(size: str, app: str) -> int:
-    if app == "mastodon":
-        m = _MASTODON[size]
-        # web: WEB_CONCURRENCY x DB_POOL(=MAX_THREADS); sidekiq: DB_POOL = concurrency; streaming: pg pool 10
-        return m.web_concurrency * m.max_threads + sum(p.concurrency for p in m.sidekiq) + 10 * (m.streaming_processes)
-    if app == "lemmy":
-        return _LEMMY[size].db_pool_size + 5  # + pict-rs's Postgres repo pool
-    b = _MBIN[size]
-    return b.php_workers + b.messenger_workers * 2
-
 
 def size_for(size: str, software_or_app: str) -> Sizing:
-    app = APPS.get(software_or_app, software_or_app)
+    app = apps.get(software_or_app)
+    tuning = app.tuning[size]
     server_name, volume_gb = TIERS[size]
     server = SERVER_TYPES[server_name]
-    connections = _pool_connections(size, app) + 10
+    connections = tuning.db_connections() + 10
     return Sizing(
         size=size,
-        app=app,
+        app=app.name,
         server=server,
         volume_gb=volume_gb,
         swap_mb=min(4096, server.ram_mb // 2),
         postgres=_pgtune(server, connections, _PG_SHARE[size]),
-        valkey=Valkey(0 if app == "lemmy" else _VALKEY[size], "volatile-lru"),
-        mastodon=_MASTODON[size] if app == "mastodon" else None,
-        lemmy=_LEMMY[size] if app == "lemmy" else None,
-        mbin=_MBIN[size] if app == "mbin" else None,
-        upload_limit_mb=_UPLOAD[app],
+        valkey=Valkey(_VALKEY[size] if "valkey" in app.services else 0, "volatile-lru"),
+        rabbitmq_mb=tuning.queue_memory_mb() if "rabbitmq" in app.services else 0,
+        tuning=tuning,
+        upload_limit_mb=app.upload_limit_mb,
         schedule=_SCHEDULE[size],
         users=SIZES[size],
     )

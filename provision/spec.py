@@ -15,17 +15,13 @@ from typing import Any
 
 import idna
 
-from provision import names
+from provision import apps, names
 from provision.errors import ValidationError
 from provision.fields import check_strings, check_text, validate_email, validate_host
 from provision.render import quote
 
 CONFIG_FILE = "fedi.toml"
 
-# software as the user names it -> the app fedi deploys. kbin stopped in 2023; mbin is its maintained
-# continuation with the same configuration lineage, so --software kbin deploys mbin and says so.
-APPS: dict[str, str] = {"mastodon": "mastodon", "lemmy": "lemmy", "kbin": "mbin"}
-KBIN_NOTE = "kbin is unmaintained since 2023; fedi deploys mbin, its maintained continuation."
 
 # Size tiers are named for user counts: (registered users, monthly active users) each is built for.
 SIZES: dict[str, tuple[int, int]] = {
@@ -100,7 +96,7 @@ class InstanceSpec:
     @property
     def app(self) -> str:
         """The app actually deployed: mastodon, lemmy or mbin."""
-        return APPS[self.software]
+        return apps.app_name(self.software)
 
     @property
     def domain_unicode(self) -> str:
@@ -257,7 +253,7 @@ def build_spec(flags: dict[str, Any], config: dict[str, Any] | None = None) -> I
     for key in ("software", "size", "domain"):
         if merged.get(key) in (None, ""):
             raise ValidationError(key, f"is required (pass --{key} or set {key} in {CONFIG_FILE})")
-    software = one_of("software", merged["software"], tuple(APPS))
+    software = one_of("software", merged["software"], apps.software_names())
     size = one_of("size", merged["size"], tuple(SIZES))
     domain = validate_domain(merged["domain"])
     location = one_of("location", merged.get("location", "fsn1"), tuple(LOCATIONS))

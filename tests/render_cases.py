@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from provision import apps
 from provision.model import Bundle, ObjectStorage
 from provision.render.bundle import render_bundle
 from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import SIZES, build_spec
 
-SOFTWARE = ("mastodon", "lemmy", "kbin")
+SOFTWARE = tuple(app.software[0] for app in apps.all_apps())  # every app of the catalog, as users name it
 COMBOS = list(itertools.product(SOFTWARE, SIZES))
 DOMAIN = "social.example.org"
 

@@ -69,7 +69,7 @@ def _tasks(node: object):
 
 
 def _task_files() -> list[Path]:
-    files = [ANSIBLE / "site.yml"]
+    files = [ANSIBLE / "site.yml", ANSIBLE / "admins.yml"]
     for sub in ("tasks", "handlers"):
         files += sorted(ANSIBLE.glob(f"roles/*/{sub}/*.yml"))
     return files
@@ -156,7 +156,7 @@ def test_no_secret_in_argv() -> None:
 def test_roles_run_in_order_with_preflight_first() -> None:
     play = yaml.safe_load((ANSIBLE / "site.yml").read_text())[0]
     names = [r["role"] if isinstance(r, dict) else r for r in play["roles"]]
-    assert names == ["preflight", "base", "postgres", "valkey", "rabbitmq", "caddy", "app", "backup"]
+    assert names == ["preflight", "base", "admins", "postgres", "valkey", "rabbitmq", "caddy", "app", "backup"]
     for name in names:
         assert (ANSIBLE / "roles" / name / "tasks" / "main.yml").is_file()
 

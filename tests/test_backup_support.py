@@ -21,6 +21,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from provision import apps
 from provision.model import ObjectStorage
 from provision.sizing import sizing
 from provision.spec import InstanceSpec
@@ -47,11 +48,18 @@ def render_scripts(out: Path, software: str = "mastodon", size: str = "small", s
         loader=jinja2.FileSystemLoader(ROOT / "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,  # as provision/render/bundle.py renders them
+        lstrip_blocks=True,
     )
     out.mkdir(parents=True, exist_ok=True)
     for name in SCRIPTS:
         text = env.get_template(f"backup/{name}.sh.j2").render(
-            spec=spec, sizing=sizing(spec), secrets={}, storage=store, versions=None, paths=SERVER_PATHS
+            spec=spec,
+            sizing=sizing(spec),
+            secrets={},
+            storage=store,
+            paths=SERVER_PATHS,
+            catalog=apps.all_apps(),
         )
         path = out / name
         path.write_text(text)

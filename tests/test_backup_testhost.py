@@ -371,3 +371,52 @@ def test_up_again_after_down_finds_the_kept_backups(machines, monkeypatch, capsy
                       "--no-safety-snapshot", "--provider", "local", "--yes")  # fmt: skip
     assert rc == 0, err
     assert psql(REBUILT, FINGERPRINT) == seeded
+
+
+def test_a_recovery_kit_opened_in_a_fresh_home_runs_status_list_and_restore(machines, monkeypatch, capsys, tmp_path):
+    """Issue 20: kits of OLD and REBUILT exported to a trustee's SSH key, opened on "another computer" (a
+    fresh HOME, state, cache and config) with nothing else: `fedi status` reaches the server through the
+    pinned host key, `fedi backup list` lists OLD's snapshots, and OLD's backups restore into REBUILT."""
+    for key, value in machines.items():
+        monkeypatch.setenv(key, value)
+    role = db_vars(OLD)["fedi_db_user"]
+    if psql(OLD, "SELECT to_regclass('public.person') IS NULL") == "t":  # this test alone: seed and back up
+        psql(OLD, f"SET ROLE {role};" + SEED)
+        assert fedi(capsys, "backup", "now", "--domain", OLD, "--provider", "local")[0] == 0
+    seeded = psql(OLD, FINGERPRINT)
+    rc, out, err = fedi(capsys, "backup", "list", "--domain", OLD, "--provider", "local", "--json")
+    assert rc == 0, err
+    snapshots = [s["id"] for s in json.loads(out)]
+    shown = fedi(capsys, "status", "--domain", OLD, "--provider", "local", "--no-health", "--json")[1]
+    host_key = json.loads(shown)["outputs"]["host_key"]
+    key = tmp_path / "trustee"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "trustee@test", "-f", str(key)], check=True)
+    kits = {}
+    for domain in (OLD, REBUILT):
+        rc, out, err = fedi(capsys, "kit", "export", "--domain", domain, "--provider", "local",
+                            "--to", f"{key}.pub", "--out", str(tmp_path / "kits"), "--json")  # fmt: skip
+        assert rc == 0, err
+        (kits[domain],) = (row["file"] for row in json.loads(out)["files"])
+
+    new = tmp_path / "new-computer"
+    for env in ("FEDI_STATE_DIR", "FEDI_CACHE_DIR", "FEDI_CONFIG_DIR", "HOME"):
+        monkeypatch.setenv(env, str(new / env.lower()))
+    for domain in (OLD, REBUILT):
+        rc, out, err = fedi(capsys, "kit", "open", kits[domain], "--identity", str(key))
+        assert rc == 0, err
+    rc, out, err = fedi(capsys, "status", "--domain", OLD, "--provider", "local", "--json")
+    assert rc == 0, err
+    status = json.loads(out)
+    assert status["outputs"]["state"] == "running" and status["outputs"]["host_key"] == host_key
+    assert "backup" in status  # read from the server over SSH, the pinned host key checked
+    rc, out, err = fedi(capsys, "backup", "list", "--domain", OLD, "--provider", "local", "--json")
+    assert rc == 0, err
+    assert [s["id"] for s in json.loads(out)] == snapshots
+    rc, out, err = fedi(capsys, "backup", "restore", "--domain", OLD, "--into", stack(REBUILT), "--no-safety-snapshot",
+                        "--provider", "local", "--yes", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["snapshot"] == snapshots[0]
+
+    for key_, value in machines.items():  # back on the admin's computer: the rows arrived
+        monkeypatch.setenv(key_, value)
+    assert psql(REBUILT, FINGERPRINT) == seeded

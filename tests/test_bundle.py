@@ -11,7 +11,7 @@ import pytest
 import yaml
 from render_cases import COMBOS, DOMAIN, SMTP, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
 
-from provision import versions
+from provision import apps
 from provision.errors import UsageError
 from provision.render import bundle as bundle_mod
 from provision.render.secrets import generate_secrets
@@ -72,8 +72,8 @@ def test_manifest_describes_the_bundle_without_secrets(software, size):
     assert m == bundle.manifest
     app = {"kbin": "mbin"}.get(software, software)
     assert (m["software"], m["app"], m["size"], m["domain"]) == (software, app, size, DOMAIN)
-    assert m["app_version"] == versions.app_version(app)
-    assert m["images"] == versions.images(app)
+    assert m["app_version"] == apps.get(app).version
+    assert m["images"] == dict(apps.get(app).images)
     text = json.dumps(m)
     for name, value in secrets.items():
         for part in value.splitlines() or [value]:
@@ -96,7 +96,7 @@ def test_images_are_pinned_exactly(software, size):
     bundle, _ = rendered(software, size)
     compose = yaml.safe_load(read(bundle, "compose"))
     images = {svc["image"] for svc in compose["services"].values()}
-    assert images == set(versions.images(bundle.manifest["app"]).values())
+    assert images == set(dict(apps.get(bundle.manifest["app"]).images).values())
     for image in images:
         tag = image.rsplit(":", 1)[1]
         assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), image  # exact release, never latest or a major line
@@ -302,7 +302,7 @@ def test_ansible_vars_contract():
     assert v["fedi_app"] == "mbin" and v["fedi_software"] == "kbin" and v["fedi_admin_user"] == "fedi"
     assert v["fedi_data_dir"] == "/srv/fedi" and v["fedi_ssh_allow"] == []
     assert v["fedi_db_password"] == secrets["db_password"]
-    assert v["fedi_images"] == list(versions.images("mbin").values())
+    assert v["fedi_images"] == list(dict(apps.get("mbin").images).values())
     assert v["fedi_rabbitmq_enabled"] is True and v["fedi_valkey_enabled"] is True
     lemmy, _ = rendered("lemmy", "tiny")
     lv = yaml.safe_load(read(lemmy, "ansible-vars"))

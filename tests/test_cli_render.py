@@ -102,7 +102,7 @@ def test_wheel_ships_templates_and_ansible(tmp_path):
         assert f"provision/_data/{rel}" in names, rel
     assert any(n.startswith("provision/_data/templates/backup/") for n in names)
     assert any(n.startswith("provision/_data/ansible/") and n.endswith("site.yml") for n in names)
-    assert "provision/versions.py" in names and "provision/render/context.py" in names
+    assert "provision/apps/mbin.py" in names and "provision/render/context.py" in names
 
 
 def test_render_imports_no_cloud_sdk(tmp_path):

@@ -206,6 +206,74 @@ def test_dockerd_runs_and_compose_accepts_the_project(here):
     assert json.loads(config.stdout)["name"] == "fedi"
 
 
+@pytest.fixture(scope="module")
+def admin_keys(tmp_path_factory) -> dict[str, Path]:
+    """Two admins' own ed25519 keys (private key paths; the .pub beside each)."""
+    root = tmp_path_factory.mktemp("admin-keys")
+    keys = {}
+    for name in ("alice", "bob"):
+        key = root / name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+        keys[name] = key
+    return keys
+
+
+def _ssh_as(here, name: str, key: Path, capfd) -> tuple[int, str]:
+    capfd.readouterr()
+    where = ["--provider", "local", "--domain", here.domain]
+    rc = cli.main(["ssh", *where, "--as", name, "--identity", str(key), "--", "sh", "-c", "id -un && sudo -n id -u"])
+    return rc, capfd.readouterr().out
+
+
+def _ssh_raw(here, name: str, key: Path) -> int:
+    """ssh as ``name`` with ``key`` straight to the server (fedi itself refuses a name it no longer lists)."""
+    from dataclasses import replace
+
+    from provision import remote
+
+    access = replace(_provider().outputs(here.stack).access, user=name, client_key=key)
+    return remote.interactive_shell(access, ["true"])
+
+
+def _first_app_only(here) -> None:
+    if here.software != APPS[0]:
+        pytest.skip("the admins are checked on the first app's machine only (CI time)")
+
+
+def test_admins_log_in_with_their_own_keys_and_a_removed_one_is_refused_at_once(here, admin_keys, capfd):
+    _first_app_only(here)
+    where = ["--provider", "local", "--domain", here.domain]
+    for name, key in admin_keys.items():
+        assert cli.main(["admins", "add", name, "--ssh-key", f"{key}.pub", *where]) == 0
+    capfd.readouterr()
+    assert cli.main(["admins", "list", "--json", *where]) == 0
+    listed = json.loads(capfd.readouterr().out)
+    assert [a["name"] for a in listed] == ["alice", "bob"]
+    for name, key in admin_keys.items():  # each logs in as themselves, with their own key, and has sudo
+        assert _ssh_as(here, name, key, capfd) == (0, f"{name}\n0\n")
+    # a key logs in only its own admin
+    assert _ssh_as(here, "alice", admin_keys["bob"], capfd)[0] == 255
+    # sshd's log names the admin and the key (LogLevel VERBOSE prints the fingerprint)
+    log = inside(here.stack, ["journalctl", "-u", "ssh.service", "--no-pager", "-o", "cat"]).stdout
+    for a in listed:
+        assert f"Accepted publickey for {a['name']} from" in log and a["fingerprint"] in log, a
+    assert cli.main(["admins", "remove", "bob", *where]) == 0
+    assert _ssh_as(here, "bob", admin_keys["bob"], capfd)[0] == 2  # fedi: not an admin of this stack
+    assert _ssh_raw(here, "bob", admin_keys["bob"]) == 255  # the server refuses at once
+    assert inside(here.stack, ["id", "bob"]).returncode != 0 and not _exists(here.stack, "/home/bob")
+    assert _ssh_as(here, "alice", admin_keys["alice"], capfd)[0] == 0
+    # a name a user fedi did not make already has on the server: refused there, nothing recorded or changed
+    assert inside(here.stack, ["useradd", "--no-create-home", "carol"]).returncode == 0
+    assert cli.main(["admins", "add", "carol", "--ssh-key", f"{admin_keys['bob']}.pub", *where]) == 5
+    assert "carol is already a user on the server" in capfd.readouterr().err
+    assert [a["name"] for a in _provider().outputs(here.stack).extra["admins"]] == ["alice"]
+    assert inside(here.stack, ["id", "-nG", "carol"]).stdout.split() == ["carol"]
+
+
+def _exists(stack: str, path: str) -> bool:
+    return inside(stack, ["test", "-e", path]).returncode == 0
+
+
 def test_a_second_playbook_run_changes_nothing(here):
     from provision.lifecycle import stack as lifecycle
     from provision.model import Bundle
@@ -221,6 +289,15 @@ def test_a_second_playbook_run_changes_nothing(here):
     result = configure(out.access, bundle, lifecycle.runtime_vars(out), lines.append)
     assert (result.changed, result.failed) == (0, 0), "\n".join(line for line in lines if "changed" in line)
     assert result.host_key.split()[:2] == out.access.host_key.split()[:2]
+
+
+def test_a_removed_admin_stays_refused_after_the_converge(here, admin_keys, capfd):
+    """The converge above (changed=0) ran with the stack's admins: bob is still out, alice still in."""
+    _first_app_only(here)
+    assert _ssh_raw(here, "bob", admin_keys["bob"]) == 255
+    assert _ssh_as(here, "alice", admin_keys["alice"], capfd) == (0, "alice\n0\n")
+    runtime = json.loads(inside(here.stack, ["cat", "/opt/fedi/runtime.yml"]).stdout)
+    assert [a["name"] for a in runtime["fedi_admins"]] == ["alice"]
 
 
 def sh(stack: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

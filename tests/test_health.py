@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from provision import apps
 from provision.errors import HealthError
 from provision.lifecycle import health
 
@@ -122,7 +123,7 @@ def rsa_public_pem() -> str:
 
 
 def actor_document(app: str, domain: str = DOMAIN) -> dict[str, Any]:
-    """The instance actor in each app's shape (sources named in provision/lifecycle/health.py ACTOR_PATH)."""
+    """The instance actor in each app's shape (sources named at each app's actor_path in provision/apps/)."""
     actor_id = f"https://{domain}" + {"mastodon": "/actor", "lemmy": "/", "mbin": "/i/actor"}[app]
     return {
         "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"],
@@ -155,7 +156,7 @@ def app_routes(app: str, domain: str = DOMAIN) -> dict[str, Route]:
         ),
         "/nodeinfo/2.1": lambda: (
             200,
-            {"version": "2.1", "software": {"name": health.SOFTWARE[app], "version": "9.9"}},
+            {"version": "2.1", "software": {"name": apps.get(app).nodeinfo_name, "version": "9.9"}},
         ),
         "/nodeinfo/2.0": lambda: (500, {"error": "2.0 must not be used when 2.1 is offered"}),
         f"/.well-known/webfinger?resource=acct:admin@{domain}": lambda: (
@@ -168,7 +169,7 @@ def app_routes(app: str, domain: str = DOMAIN) -> dict[str, Route]:
             },
         ),
     }
-    routes[AP + health.ACTOR_PATH[app]] = lambda: (200, actor_document(app, domain))
+    routes[AP + apps.get(app).actor_path] = lambda: (200, actor_document(app, domain))
     if app == "mastodon":
         routes["/api/v2/instance"] = lambda: (200, {"domain": domain, "version": "4.7.3", "title": "Mastodon"})
     elif app == "lemmy":
@@ -276,10 +277,10 @@ def test_a_healthy_instance(site: Site, pki: dict[str, Any], app: str) -> None:
     assert report.ok, report.line()
     assert [c.name for c in report.checks] == ["https", "http-redirect", "nodeinfo", "api", "webfinger", "actor"]
     details = {c.name: c.detail for c in report.checks}
-    assert details["nodeinfo"] == f"{health.SOFTWARE[app]} 9.9"  # the 2.1 document, the newest offered
+    assert details["nodeinfo"] == f"{apps.get(app).nodeinfo_name} 9.9"  # the 2.1 document, the newest offered
     assert details["http-redirect"] == f"308 -> https://{DOMAIN}/"
     assert details["webfinger"] == f"acct:admin@{DOMAIN} -> https://{DOMAIN}/users/admin"
-    assert details["actor"] == f"https://{DOMAIN}{health.ACTOR_PATH[app]} has a 2048-bit RSA public key"
+    assert details["actor"] == f"https://{DOMAIN}{apps.get(app).actor_path} has a 2048-bit RSA public key"
     assert site.hits.get("/nodeinfo/2.0") is None
     # connected to 127.0.0.1, but spoke to the domain: Host header and TLS server name
     assert {host for host, _ in site.hosts} == {f"{DOMAIN}:{site.https_port}"}
@@ -461,7 +462,7 @@ def test_an_instance_that_cannot_sign_fails_the_actor_check(site: Site, pki: dic
     """mbin without `mbin:ap:keys:update` has no site key pair: its /i/actor fails (500), or, with a site
     row and no key, serves no usable publicKeyPem. Every other check still passes on such an instance."""
     site.routes = app_routes(app)
-    path = health.ACTOR_PATH[app]
+    path = apps.get(app).actor_path
     site.routes[AP + path] = lambda: (500, {"error": "Internal Server Error"})
     if app == "lemmy":  # "/" without the ActivityPub Accept header is lemmy-ui's page, still fine
         assert site.routes["/"]()[0] == 200

@@ -16,7 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from provision.billing import coop
+from provision.apps import lemmy as lemmy_app
+from provision.apps import mastodon as mastodon_app
+from provision.apps import mbin as mbin_app
+from provision.billing import coop, funding
 from provision.billing.cost import CostBreakdown, CostLine, Price
 from provision.billing.dues import compute_dues, parse_coop
 from provision.errors import HookError, MissingPrerequisite
@@ -114,33 +117,36 @@ def mbin():
 
 
 def test_funding_text():
-    text = coop.funding_text(report(), date(2026, 11, 1))
-    assert text.startswith("**Funding, November 2026**") and text.endswith(coop.MARKER)
+    text = funding.funding_text(report(), date(2026, 11, 1))
+    assert text.startswith("**Funding, November 2026**") and text.endswith(funding.MARKER)
     assert "paying members cover it" in text
-    plain = coop.funding_text(report(), date(2026, 11, 1), markdown=False)
+    plain = funding.funding_text(report(), date(2026, 11, 1), markdown=False)
     assert plain.startswith("Funding, November 2026\n") and "**" not in plain
 
 
 @pytest.mark.parametrize(
     ("before", "after"),
     [
-        ("", f"{coop.START}\nNEW\n{coop.END}"),
-        ("Rules.", f"Rules.\n\n{coop.START}\nNEW\n{coop.END}"),
-        (f"Rules.\n\n{coop.START}\nOLD\n{coop.END}\n\nMore.", f"Rules.\n\n{coop.START}\nNEW\n{coop.END}\n\nMore."),
+        ("", f"{funding.START}\nNEW\n{funding.END}"),
+        ("Rules.", f"Rules.\n\n{funding.START}\nNEW\n{funding.END}"),
+        (
+            f"Rules.\n\n{funding.START}\nOLD\n{funding.END}\n\nMore.",
+            f"Rules.\n\n{funding.START}\nNEW\n{funding.END}\n\nMore.",
+        ),
     ],
 )
 def test_replace_section(before, after):
-    assert coop.replace_section(before, "NEW") == after
+    assert funding.replace_section(before, "NEW") == after
 
 
 def test_lemmy_sidebar_is_updated_in_place(lemmy):
-    text = coop.funding_text(report(), date(2026, 11, 1))
-    assert "sidebar" in coop.post_lemmy(lemmy.url, "admin", PASSWORD, text)
-    assert lemmy.page.startswith("Welcome! Be excellent to each other.\n\n" + coop.START)
+    text = funding.funding_text(report(), date(2026, 11, 1))
+    assert "sidebar" in lemmy_app.post(lemmy.url, "admin", PASSWORD, text)
+    assert lemmy.page.startswith("Welcome! Be excellent to each other.\n\n" + funding.START)
     assert text in lemmy.page
     # next month: the section is replaced, not added again
-    coop.post_lemmy(lemmy.url, "admin", PASSWORD, coop.funding_text(report(), date(2026, 12, 1)))
-    assert lemmy.page.count(coop.START) == 1 and "December 2026" in lemmy.page and "November" not in lemmy.page
+    lemmy_app.post(lemmy.url, "admin", PASSWORD, funding.funding_text(report(), date(2026, 12, 1)))
+    assert lemmy.page.count(funding.START) == 1 and "December 2026" in lemmy.page and "November" not in lemmy.page
     methods = [(m, p) for m, p, _ in lemmy.calls]
     assert methods[:3] == [("POST", "/api/v3/user/login"), ("GET", "/api/v3/site"), ("PUT", "/api/v3/site")]
     # the password goes in the login body only
@@ -149,23 +155,23 @@ def test_lemmy_sidebar_is_updated_in_place(lemmy):
 
 def test_lemmy_wrong_password_is_one_line(lemmy):
     with pytest.raises(HookError, match=r"POST /api/v3/user/login: HTTP 400"):
-        coop.post_lemmy(lemmy.url, "admin", "wrong", "text")
+        lemmy_app.post(lemmy.url, "admin", "wrong", "text")
     assert lemmy.page == "Welcome! Be excellent to each other."
 
 
 def test_mbin_about_page(mbin, monkeypatch):
-    monkeypatch.setenv(coop.MBIN_TOKEN_ENV, JWT)
-    coop.post_mbin(mbin.url, coop.funding_text(report(), date(2026, 11, 1)))
-    assert mbin.page.startswith("About us.\n\n" + coop.START) and coop.MARKER in mbin.page
+    monkeypatch.setenv(mbin_app.TOKEN_ENV, JWT)
+    mbin_app.post(mbin.url, funding.funding_text(report(), date(2026, 11, 1)))
+    assert mbin.page.startswith("About us.\n\n" + funding.START) and funding.MARKER in mbin.page
     assert [(m, p) for m, p, _ in mbin.calls] == [("GET", "/api/instance"), ("PUT", "/api/instance/about")]
 
 
 def test_mbin_needs_a_token(mbin, monkeypatch):
-    monkeypatch.delenv(coop.MBIN_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(mbin_app.TOKEN_ENV, raising=False)
     with pytest.raises(MissingPrerequisite, match="FEDI_MBIN_TOKEN"):
-        coop.post_mbin(mbin.url, "text")
+        mbin_app.post(mbin.url, "text")
     with pytest.raises(HookError, match="GET /api/instance: HTTP 401"):
-        coop.post_mbin(mbin.url, "text", token="wrong")
+        mbin_app.post(mbin.url, "text", token="wrong")
     assert mbin.page == "About us."
 
 
@@ -174,12 +180,12 @@ def test_unreachable_instance_is_one_line():
     url = app.url
     app.stop()
     with pytest.raises(HookError, match="ConnectError"):
-        coop.post_lemmy(url, "admin", PASSWORD, "text")
+        lemmy_app.post(url, "admin", PASSWORD, "text")
 
 
 def test_mastodon_command_as_data():
-    text = coop.funding_text(report(), date(2026, 11, 1), markdown=False) + '\nIt\'s "quoted"; $(not run)'
-    argv = coop.mastodon_argv(text)
+    text = funding.funding_text(report(), date(2026, 11, 1), markdown=False) + '\nIt\'s "quoted"; $(not run)'
+    argv = mastodon_app.announce_argv(text)
     assert argv[:12] == [
         "sudo",
         "-n",
@@ -195,7 +201,7 @@ def test_mastodon_command_as_data():
         "-e",
     ]
     assert argv[12] == f"FEDI_FUNDING={text}"
-    assert argv[13:15] == ["-e", f"FEDI_FUNDING_MARKER={coop.MARKER}"]
+    assert argv[13:15] == ["-e", f"FEDI_FUNDING_MARKER={funding.MARKER}"]
     assert argv[15:18] == ["web", "bin/rails", "runner"]
     ruby = argv[18]
     # the text reaches Rails only through the environment, never inside the Ruby source
@@ -228,7 +234,7 @@ def _spec(software):
 
 def test_announce_lemmy_with_the_stack_admin_password(lemmy):
     line = coop.announce(_spec("lemmy"), report(), Stack({"admin_password": PASSWORD}), base_url=lemmy.url)
-    assert "sidebar" in line and coop.MARKER in lemmy.page
+    assert "sidebar" in line and funding.MARKER in lemmy.page
     with pytest.raises(MissingPrerequisite, match="no admin password"):
         coop.announce(_spec("lemmy"), report(), Stack({}), base_url=lemmy.url)
 
@@ -309,7 +315,7 @@ def test_announce_on_a_local_stack_verifies_against_its_ca(tmp_path, monkeypatch
         seen["verify"] = verify
         return "posted"
 
-    monkeypatch.setattr(coop, "post_lemmy", post)
+    monkeypatch.setattr(lemmy_app, "post", post)
     assert coop.announce(spec, report(), LocalStack({"admin_password": PASSWORD})) == "posted"
     context = seen["verify"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from provision import versions
+from provision import apps
 from provision.errors import MissingPrerequisite, ValidationError
 from provision.lifecycle import images
 from provision.lifecycle import stack as lifecycle
@@ -93,7 +93,7 @@ def docker_save(path: Path, tags: list[str], *, index: bool = True, full_names: 
     return manifest_digest
 
 
-MBIN = versions.images("mbin")["mbin"]
+MBIN = dict(apps.get("mbin").images)["mbin"]
 
 
 @pytest.mark.parametrize(
@@ -115,10 +115,10 @@ def test_references_are_compared_in_full_form(ref, full):
 
 def test_an_archive_with_exactly_the_pinned_reference_passes(tmp_path):
     # docker save writes Docker Hub names in their short form in RepoTags, and in full in index.json
-    docker_save(tmp_path / "lemmy.tar", ["dessalines/lemmy:" + versions.LEMMY])
-    archive = images.ImageArchive("lemmy", versions.images("lemmy")["lemmy"], tmp_path / "lemmy.tar")
+    docker_save(tmp_path / "lemmy.tar", ["dessalines/lemmy:" + apps.lemmy.LEMMY])
+    archive = images.ImageArchive("lemmy", dict(apps.get("lemmy").images)["lemmy"], tmp_path / "lemmy.tar")
     images.check_archive(archive)
-    assert images.read_archive(archive.path).refs == {f"docker.io/dessalines/lemmy:{versions.LEMMY}"}
+    assert images.read_archive(archive.path).refs == {f"docker.io/dessalines/lemmy:{apps.lemmy.LEMMY}"}
 
 
 def test_an_archive_without_index_json_is_read_from_manifest_json(tmp_path):
@@ -181,7 +181,7 @@ def test_a_digest_is_checked_against_the_blobs_content(tmp_path):
 
 
 def test_every_pinned_image_of_the_app_needs_its_archive(tmp_path):
-    pins = versions.images("mastodon")
+    pins = dict(apps.get("mastodon").images)
     docker_save(tmp_path / "mastodon.tar", [pins["mastodon"]])
     with pytest.raises(MissingPrerequisite) as err:
         images.archives("mastodon", tmp_path)
@@ -224,7 +224,7 @@ def hetzner(monkeypatch, tmp_path):
 
 def _lemmy_archives(directory: Path, **override: list[str]) -> None:
     directory.mkdir()
-    for role, ref in versions.images("lemmy").items():
+    for role, ref in dict(apps.get("lemmy").images).items():
         docker_save(directory / f"{role}.tar", override.get(role.replace("-", "_"), [ref]))
 
 
@@ -253,7 +253,7 @@ def test_up_hands_the_checked_archives_to_configure(hetzner, tmp_path):
     steps = replace(lifecycle.Steps(), configure=configure, health=lambda *a: "healthy", event=lambda *a: None)
     lines: list[str] = []
     lifecycle.up(replace(spec_of(), images=str(tmp_path / "img")), hetzner, lines.append, steps=steps)
-    assert [(a.role, a.ref) for a in seen["images"]] == sorted(versions.images("lemmy").items())
+    assert [(a.role, a.ref) for a in seen["images"]] == sorted(dict(apps.get("lemmy").images).items())
     assert seen["runtime"]["fedi_start_app"] is True
     assert "the app's images come from " + str(tmp_path / "img") + ": lemmy.tar, lemmy-ui.tar, pictrs.tar" in lines
 

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from provision import names, versions
+from provision import apps, names
 from provision.cli import app as cli
 from provision.providers.local import machine
 from provision.providers.local.provider import LocalProvider
 
 pytestmark = pytest.mark.testhost
 
-REF = versions.images("mbin")["mbin"]
+REF = dict(apps.get("mbin").images)["mbin"]
 WRONG = REF.rsplit(":", 1)[0] + ":not-the-pin"
 
 

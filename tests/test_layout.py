@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "provision"
 
 FOLDERS = {
+    "access",
+    "apps",
     "billing",
     "cli",
     "data",

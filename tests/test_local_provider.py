@@ -193,3 +193,15 @@ def test_open_and_trust_hints():
     assert "curl --cacert /s/root.crt --resolve lemmy.localhost:443:10.213.0.6 https://lemmy.localhost/" in hint
     trust = local_provider.trust_hint("lemmy-localhost", ca)
     assert trust == "cp /s/root.crt /usr/local/share/ca-certificates/fedi-lemmy-localhost.crt && update-ca-certificates"
+
+
+def test_the_stack_keeps_its_admins(fedi_dirs):
+    prov = local_provider.provider()
+    spec = _spec()
+    prov.secrets(spec)
+    assert prov.outputs(spec.stack_name).extra["admins"] == []
+    records = [{"name": "alice", "key": "ssh-ed25519 AAAA", "fingerprint": "SHA256:x"}]
+    prov.set_admins(spec.stack_name, records)
+    assert prov.outputs(spec.stack_name).extra["admins"] == records
+    with pytest.raises(ProvisionError):
+        prov.set_admins("no-such-stack", records)

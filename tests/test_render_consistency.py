@@ -254,8 +254,8 @@ def test_limits_agree(software, size):
         assert f"upload_max_filesize = {limit}M" in php
         env = dotenv(read(bundle, "app-config"))
         assert int(env["MBIN_MAX_IMAGE_BYTES"]) <= limit * 1024 * 1024
-        assert compose["services"]["messenger"]["deploy"]["replicas"] == s.mbin.messenger_workers
-        assert (env["MESSENGER_TRANSPORT_DSN"].startswith("amqp://")) == (s.mbin.queue_transport == "amqp")
+        assert compose["services"]["messenger"]["deploy"]["replicas"] == s.tuning.messenger_workers
+        assert (env["MESSENGER_TRANSPORT_DSN"].startswith("amqp://")) == (s.tuning.queue_transport == "amqp")
     if "valkey" in bundle.manifest["files"]:
         vk = _conf_lines(read(bundle, "valkey"))
         assert vk["maxmemory"] == f"{s.valkey.maxmemory_mb}mb"

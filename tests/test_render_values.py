@@ -455,6 +455,7 @@ def test_regression_mbin_apostrophe_and_dollar_in_addresses(readers, tmp_path, m
         ("[2001:db8::1]:25", "port"),
         ("2001:db8::1", "IPv6"),
         ("smtp.example.org\n", "newline"),
+        ("ab--cd.example.org", "hyphens in 3rd and 4th position"),
     ],
 )
 def test_regression_smtp_host_is_a_hostname(host, hint):
@@ -670,7 +671,9 @@ def test_sender_address_forms(address, hint):
     assert hint in str(info.value)
 
 
-LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+# A label with "--" in its third and fourth places is reserved for IDNA (RFC 5891 4.2.3.1): fedi refuses
+# it like any IDNA2008 reader would, so the hosts drawn here never have one.
+LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True).filter(lambda s: s[2:4] != "--")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from provision.render import keys as K
 from provision.render import secrets as S
 from provision.spec import build_spec
 
@@ -87,10 +88,10 @@ def test_vapid_pair_is_p256_and_matches(generated):
     assert len(raw_public) == 65 and raw_public[0] == 4  # uncompressed point
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw_public)  # on the curve
     assert isinstance(point.curve, ec.SECP256R1)
-    assert S.vapid_public_from_private(private) == public
+    assert K.vapid_public_from_private(private) == public
     # a different pair does not match: the check can fail
-    other_private, _ = S.vapid_keypair()
-    assert S.vapid_public_from_private(other_private) != public
+    other_private, _ = K.vapid_keypair()
+    assert K.vapid_public_from_private(other_private) != public
 
 
 def test_lemmy_forms(generated):
@@ -141,9 +142,9 @@ def test_ssh_keys_readable_by_openssh(generated, tmp_path):
 
 
 def test_generators_have_the_documented_lengths():
-    assert len(S.rails_secret()) == 128
-    assert len(S.rails_encryption_key()) == 32
-    assert len({S.alnum(32) for _ in range(50)}) == 50
+    assert len(K.rails_secret()) == 128
+    assert len(K.rails_encryption_key()) == 32
+    assert len({K.alnum(32) for _ in range(50)}) == 50
 
 
 def test_a_stack_taking_over_data_keeps_the_old_app_secrets_and_its_own_ssh_keys():

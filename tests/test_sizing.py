@@ -18,13 +18,13 @@ def test_memory_budget_fits_with_headroom(app, size):
 def test_postgres_has_room_for_every_pool(app, size):
     s = size_for(size, app)
     pg = s.postgres
-    if s.mastodon:
-        m = s.mastodon
-        pools = m.web_concurrency * m.web_db_pool + sum(p.concurrency for p in m.sidekiq)
-    elif s.lemmy:
-        pools = s.lemmy.db_pool_size
+    t = s.tuning
+    if app == "mastodon":
+        pools = t.web_concurrency * t.web_db_pool + sum(p.concurrency for p in t.sidekiq)
+    elif app == "lemmy":
+        pools = t.db_pool_size
     else:
-        pools = s.mbin.php_workers + s.mbin.messenger_workers
+        pools = t.php_workers + t.messenger_workers
     assert pg.max_connections >= pools + 10
     assert pg.shared_buffers_mb * 4 <= s.server.ram_mb
     assert pg.max_parallel_workers_per_gather <= pg.max_parallel_workers <= s.server.vcpus
@@ -58,5 +58,5 @@ def test_kbin_is_sized_as_mbin():
 
 def test_mastodon_scheduler_queue_runs_in_exactly_one_sidekiq():
     for size in SIZES:
-        procs = size_for(size, "mastodon").mastodon.sidekiq
+        procs = size_for(size, "mastodon").tuning.sidekiq
         assert sum(1 for p in procs if not p.queues or "scheduler" in p.queues) == 1

@@ -297,3 +297,12 @@ def test_server_exists_asks_the_api_and_only_a_404_means_gone(status, expected):
         else:
             assert server_exists("42", "tok", base_url="http://api.test/v1", client=client) is expected
     assert seen == ["/v1/servers/42 Bearer tok"]
+
+
+def test_the_stack_keeps_its_admins(hetzner):
+    """`fedi admins` records live in the stack's config; outputs (and so every converge) read them back."""
+    spec, out, _ = _up(hetzner)
+    assert hetzner.outputs(out.stack).extra["admins"] == []
+    records = [{"name": "alice", "key": "ssh-ed25519 AAAA", "fingerprint": "SHA256:x"}]
+    hetzner.set_admins(out.stack, records)
+    assert hetzner.outputs(out.stack).extra["admins"] == records

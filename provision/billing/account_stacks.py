@@ -73,7 +73,7 @@ def members_from(summaries: list[Any], settings: AccountSettings) -> list[Member
     hours) only when ``[account] stacks`` names them. ``[account] stacks`` sets the list (a named stack
     missing from the backend is an error: the bill would be short without saying so).
     """
-    from provision.spec import APPS
+    from provision import apps
 
     found = {
         s.stack: s
@@ -88,7 +88,7 @@ def members_from(summaries: list[Any], settings: AccountSettings) -> list[Member
         Member(
             n,
             found[n].size,
-            APPS.get(found[n].software, found[n].software),
+            apps.app_name(found[n].software),
             getattr(found[n], "location", "") or "fsn1",
             _stored_bytes(settings, n),
         )

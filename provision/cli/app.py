@@ -10,15 +10,15 @@ from __future__ import annotations
 import typer
 from typer._click.exceptions import ClickException
 
-from provision.cli import backup, coop, render, smoke, stack
+from provision.cli import admins, backup, coop, kit, render, smoke, stack
+from provision.cli.options import APP_NOTES
 from provision.errors import FediError
-from provision.spec import KBIN_NOTE
 
 app = typer.Typer(
     name="fedi",
     help=(
         "Provision a live, TLS-secured Mastodon, Lemmy or kbin instance, sized for its users, "
-        f"with DNS, object storage, hardening, backups and a co-op billing hook. {KBIN_NOTE}"
+        f"with DNS, object storage, hardening, backups and a co-op billing hook. {APP_NOTES}"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -34,7 +34,7 @@ def _root() -> None:
 
 
 # Every command group, registered explicitly: a module that fails to import fails `fedi` itself.
-for _module in (render, stack, backup, coop, smoke):
+for _module in (render, stack, backup, coop, smoke, kit, admins):
     _module.register(app)
 
 

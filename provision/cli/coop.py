@@ -37,9 +37,10 @@ NoStorage = Annotated[bool, typer.Option("--no-object-storage", help="leave out 
 
 def _target(software: str | None, size: str | None, location: str | None) -> tuple[Any, str]:
     """(size, app, location) from flags over fedi.toml, validated; and the provider. No domain needed."""
+    from provision import apps
     from provision.config import load_config
     from provision.errors import ValidationError
-    from provision.spec import APPS, CONFIG_FILE, LOCATIONS, PROVIDERS, SIZES, one_of
+    from provision.spec import CONFIG_FILE, LOCATIONS, PROVIDERS, SIZES, one_of
 
     config = load_config()
     merged = {k: config.get(k) for k in ("software", "size", "location", "provider")}
@@ -47,7 +48,7 @@ def _target(software: str | None, size: str | None, location: str | None) -> tup
     for key in ("software", "size"):
         if not merged.get(key):
             raise ValidationError(key, f"is required (pass --{key} or set {key} in {CONFIG_FILE})")
-    app = APPS[one_of("software", merged["software"], tuple(APPS))]
+    app = apps.app_name(one_of("software", merged["software"], apps.software_names()))
     target = (
         one_of("size", merged["size"], tuple(SIZES)),
         app,

@@ -9,13 +9,19 @@ from typing import Annotated, Any
 
 import typer
 
+from provision import apps
 from provision.config import load_config
-from provision.spec import KBIN_NOTE, InstanceSpec, build_spec, parse_ttl
+from provision.spec import InstanceSpec, build_spec, parse_ttl
+
+# Said where the software is named: each app's note about the names it is asked for by (kbin -> mbin).
+APP_NOTES = " ".join(a.note for a in apps.all_apps() if a.note)
+_NAMES = apps.software_names()
+SOFTWARE_CHOICES = f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}" if len(_NAMES) > 1 else _NAMES[0]
 
 # Options shared by every command that needs an instance spec. None = "not given": fedi.toml fills it.
 Software = Annotated[
     str | None,
-    typer.Option(help=f"mastodon, lemmy or kbin. {KBIN_NOTE}", show_default=False),
+    typer.Option(help=f"{SOFTWARE_CHOICES}. {APP_NOTES}", show_default=False),
 ]
 Size = Annotated[
     str | None,

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from provision import apps
 from provision.cli.options import AdminEmail, Domain, Json, Location, Provider, Size, Software, spec_from
 from provision.cli.output import emit, note
-from provision.spec import KBIN_NOTE
 
 
 def render(
@@ -32,8 +32,8 @@ def render(
     from provision.sizing import sizing
 
     spec = spec_from(software, size, domain, location, admin_email, provider)
-    if spec.software == "kbin":
-        note(KBIN_NOTE)
+    if apps.get(spec.software).note:
+        note(apps.get(spec.software).note)
     bundle = render_bundle(spec, sizing(spec), generate_secrets(spec), storage=None, out=out)
     emit(bundle.manifest, as_json, f"Wrote {len(bundle.manifest['files'])} files to {out}")
 

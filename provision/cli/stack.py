@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -362,10 +363,10 @@ def stacks_cmd(provider: Provider = None, backend: Backend = None, as_json: Json
         age_h = (now - created) / 3600 if created else None
         cost = None
         if s.size and s.software:
-            from provision.spec import APPS
+            from provision import apps
 
             location = getattr(s, "location", "") or "fsn1"
-            cost = monthly_cost((s.size, APPS.get(s.software, s.software), location)) if s.provider != "local" else None
+            cost = monthly_cost((s.size, apps.app_name(s.software), location)) if s.provider != "local" else None
         rows.append(
             {
                 "stack": s.stack,
@@ -399,13 +400,21 @@ def ssh_cmd(
     stack: StackOpt = None,
     provider: Provider = None,
     backend: Backend = None,
+    as_admin: Annotated[
+        str | None, typer.Option("--as", help="log in as this admin (fedi admins add) with their own key")
+    ] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="with --as: the admin's private key file")] = None,
 ) -> None:
     """Open a shell on the server (host key pinned), or run COMMAND there."""
     from provision import remote
+    from provision.access import admins
 
     name, prov = resolve(stack, domain, provider, backend)
     outputs = prov.outputs(name)
-    raise typer.Exit(remote.interactive_shell(outputs.access, command or None))
+    access = outputs.access
+    if as_admin is not None or identity is not None:
+        access = admins.login_access(access, admins.from_records(outputs.extra.get("admins")), as_admin, identity)
+    raise typer.Exit(remote.interactive_shell(access, command or None))
 
 
 def logs_cmd(

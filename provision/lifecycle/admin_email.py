@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from provision import apps
 from provision.errors import ValidationError
 
-# apps whose admin creation refuses an address whose domain does not resolve
-RESOLVES_ADMIN_EMAIL = frozenset({"mastodon"})
 TIMEOUT_S = 5.0  # per lookup, as Mastodon's resolver (dns.timeouts = 5)
 MAX_MX = 10  # MX hosts looked up at most (bounded)
 
@@ -85,7 +84,7 @@ def check(
     ``published``: domains fedi itself makes resolve before the app starts (the stack's own domain on
     Hetzner, whose A/AAAA records fedi creates or waits for), accepted without asking DNS now.
     """
-    if app not in RESOLVES_ADMIN_EMAIL:
+    if not apps.get(app).resolves_admin_email:
         return ""
     import dns.exception
     import dns.name

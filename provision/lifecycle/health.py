@@ -17,27 +17,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from provision import apps
+from provision.apps import CheckFailed, field_of
 from provision.errors import HealthError
 
 FRONT_CHECKS = ("https", "http-redirect")  # what is checked when the app's containers are not started
 
-# nodeinfo software.name of each app (mbin: src/Factory/ActivityPub/NodeInfoFactory.php says "mbin")
-SOFTWARE = {"mastodon": "mastodon", "lemmy": "lemmy", "mbin": "mbin"}
 NODEINFO_SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/"
 
-# The instance's own ActivityPub actor, whose key signs the instance's fetches and deliveries. Each
-# serves it as JSON with publicKey.publicKeyPem:
-# - Mastodon: GET /actor (config/routes.rb `resource :instance_actor, path: 'actor'`;
-#   app/controllers/instance_actors_controller.rb renders Account.representative with
-#   ActivityPub::ActorSerializer, fields incl. public_key; read at mastodon/mastodon 987750d, the newest
-#   stored version: v4.7.2's own tree was too large to fetch here).
-# - Lemmy 0.19.20: GET / with an ActivityPub Accept header (crates/apub/src/http/routes.rs routes "/" to
-#   get_apub_site_http, crates/apub/src/protocol/objects/instance.rs `public_key: PublicKey`); the
-#   Caddyfile sends such requests to lemmy, not lemmy-ui.
-# - mbin v1.10.1: GET /i/actor (config/mbin_routes/activity_pub.yaml `ap_instance`;
-#   src/Factory/ActivityPub/InstanceFactory.php `publicKeyPem` from the site row's public_key, which
-#   only `bin/console mbin:ap:keys:update` creates: without it the page fails and nothing can be signed).
-ACTOR_PATH = {"mastodon": "/actor", "lemmy": "/", "mbin": "/i/actor"}
+# The instance's own ActivityPub actor, whose key signs the instance's fetches and deliveries: each app
+# serves it as JSON with publicKey.publicKeyPem at its catalog entry's ``actor_path`` (sources named there).
 ACTIVITYPUB_ACCEPT = 'application/activity+json, application/ld+json; profile="https://www.w3.org/ns/activitystreams"'
 
 
@@ -95,10 +84,6 @@ class HealthReport:
         return "; ".join(f"{c.name}: {c.detail}" for c in self.failed)
 
 
-class _Fail(Exception):
-    """One check's failure, with its one-line reason."""
-
-
 class _Probe:
     def __init__(self, target: Target, timeout: float):
         import httpx
@@ -127,21 +112,21 @@ class _Probe:
         try:
             return self.client.get(url, headers=headers, extensions=extensions)
         except httpx.TimeoutException:
-            raise _Fail(f"no answer within {self.timeout:g}s ({scheme}://{t.domain}{path})") from None
+            raise CheckFailed(f"no answer within {self.timeout:g}s ({scheme}://{t.domain}{path})") from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
-                raise _Fail(f"certificate not valid for {t.domain}: {_ssl_reason(reason)}") from None
-            raise _Fail(f"cannot connect to {scheme}://{t.domain}{path}: {reason}") from None
+                raise CheckFailed(f"certificate not valid for {t.domain}: {_ssl_reason(reason)}") from None
+            raise CheckFailed(f"cannot connect to {scheme}://{t.domain}{path}: {reason}") from None
 
     def json(self, path: str, *, accept: str | None = None) -> Any:
         response = self.get(path, accept=accept)
         if response.status_code != 200:
-            raise _Fail(f"{path} answered {response.status_code}")
+            raise CheckFailed(f"{path} answered {response.status_code}")
         try:
             return response.json()
         except (ValueError, UnicodeDecodeError):
-            raise _Fail(f"{path} did not answer JSON") from None
+            raise CheckFailed(f"{path} did not answer JSON") from None
 
     def close(self) -> None:
         self.client.close()
@@ -161,16 +146,16 @@ def _https(p: _Probe) -> str:
         return f"HTTPS {status}, certificate valid for {domain}"
     if not p.target.app_started and status in (502, 503, 504):  # the proxy answers; its app is not there
         return f"HTTPS {status} from the proxy, certificate valid for {domain} (the app's containers are not started)"
-    raise _Fail(f"/ answered {status} over HTTPS")
+    raise CheckFailed(f"/ answered {status} over HTTPS")
 
 
 def _redirect(p: _Probe) -> str:
     response = p.get("/", scheme="http")
     location = response.headers.get("location", "")
     if response.status_code not in (301, 302, 307, 308):
-        raise _Fail(f"http:// answered {response.status_code} instead of redirecting to https://")
+        raise CheckFailed(f"http:// answered {response.status_code} instead of redirecting to https://")
     if not location.startswith(f"https://{p.target.domain}"):
-        raise _Fail(f"http:// redirects to {location!r}, not to https://{p.target.domain}")
+        raise CheckFailed(f"http:// redirects to {location!r}, not to https://{p.target.domain}")
     return f"{response.status_code} -> {location}"
 
 
@@ -182,53 +167,36 @@ def _nodeinfo(p: _Probe) -> str:
         if isinstance(link, dict) and str(link.get("rel", "")).startswith(NODEINFO_SCHEMA)
     ]
     if not links:
-        raise _Fail("/.well-known/nodeinfo lists no nodeinfo schema link")
+        raise CheckFailed("/.well-known/nodeinfo lists no nodeinfo schema link")
     href = str(max(links, key=lambda link: str(link["rel"]))["href"])
     parts = urlsplit(href)
     if parts.scheme != "https" or parts.hostname != p.target.domain:
-        raise _Fail(f"nodeinfo links to {href!r}, not to https://{p.target.domain}")
+        raise CheckFailed(f"nodeinfo links to {href!r}, not to https://{p.target.domain}")
     doc = p.json(parts.path + (f"?{parts.query}" if parts.query else ""))
     software = doc.get("software", {}) if isinstance(doc, dict) else {}
-    name, expected = software.get("name"), SOFTWARE[p.target.app]
+    name, expected = software.get("name"), apps.get(p.target.app).nodeinfo_name
     if name != expected:
-        raise _Fail(f"nodeinfo says the software is {name!r}, expected {expected!r}")
+        raise CheckFailed(f"nodeinfo says the software is {name!r}, expected {expected!r}")
     return f"{name} {software.get('version', '?')}"
 
 
 def _api(p: _Probe) -> str:
-    app, domain = p.target.app, p.target.domain
-    if app == "mastodon":
-        data = p.json("/api/v2/instance")
-        if not isinstance(data, dict) or data.get("domain") != domain:
-            raise _Fail(f"/api/v2/instance names domain {_get(data, 'domain')!r}, not {domain!r}")
-        return f"/api/v2/instance: Mastodon {data.get('version', '?')}"
-    if app == "lemmy":
-        data = p.json("/api/v3/site")  # Lemmy 0.19's API (v4 is Lemmy 1.0's)
-        site = _get(_get(data, "site_view"), "site")
-        actor = str(_get(site, "actor_id") or "")
-        if not data.get("version") or urlsplit(actor).hostname != domain:
-            raise _Fail(f"/api/v3/site does not describe {domain} (actor_id {actor!r})")
-        return f"/api/v3/site: Lemmy {data['version']}"
-    if app == "mbin":
-        data = p.json("/api/info")
-        if _get(data, "websiteDomain") != domain:
-            raise _Fail(f"/api/info names domain {_get(data, 'websiteDomain')!r}, not {domain!r}")
-        return f"/api/info: {data.get('softwareName', 'mbin')} {data.get('softwareVersion', '?')}"
-    raise ValueError(f"unknown app {app!r}")
+    """The app's own API describes this domain (the check is the app's: its catalog entry's ``api_check``)."""
+    return apps.get(p.target.app).api_check(p.json, p.target.domain)
 
 
 def _webfinger(p: _Probe) -> str:
     acct = f"acct:{p.target.admin_username}@{p.target.domain}"
     data = p.json(f"/.well-known/webfinger?resource={quote(acct, safe=':@')}")
-    if str(_get(data, "subject") or "").lower() != acct.lower():
-        raise _Fail(f"webfinger for {acct} answered subject {_get(data, 'subject')!r}")
+    if str(field_of(data, "subject") or "").lower() != acct.lower():
+        raise CheckFailed(f"webfinger for {acct} answered subject {field_of(data, 'subject')!r}")
     selves = [
         link
         for link in (data.get("links") or [])
         if isinstance(link, dict) and link.get("rel") == "self" and "activity+json" in str(link.get("type", ""))
     ]
     if not selves:
-        raise _Fail(f"webfinger for {acct} has no ActivityPub self link")
+        raise CheckFailed(f"webfinger for {acct} has no ActivityPub self link")
     return f"{acct} -> {selves[0].get('href')}"
 
 
@@ -237,28 +205,24 @@ def _actor(p: _Probe) -> str:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    path = ACTOR_PATH[p.target.app]
+    path = apps.get(p.target.app).actor_path
     try:
         data = p.json(path, accept=ACTIVITYPUB_ACCEPT)
-    except _Fail as exc:
-        raise _Fail(f"{exc}: no instance actor, so the instance cannot sign") from None
-    actor_id = str(_get(data, "id") or "")
+    except CheckFailed as exc:
+        raise CheckFailed(f"{exc}: no instance actor, so the instance cannot sign") from None
+    actor_id = str(field_of(data, "id") or "")
     if urlsplit(actor_id).hostname != p.target.domain:
-        raise _Fail(f"the instance actor {path} has id {actor_id!r}, not one on {p.target.domain}")
-    pem = _get(_get(data, "publicKey"), "publicKeyPem")
+        raise CheckFailed(f"the instance actor {path} has id {actor_id!r}, not one on {p.target.domain}")
+    pem = field_of(field_of(data, "publicKey"), "publicKeyPem")
     if not isinstance(pem, str) or not pem.strip():
-        raise _Fail(f"the instance actor {path} has no publicKey.publicKeyPem: the instance cannot sign")
+        raise CheckFailed(f"the instance actor {path} has no publicKey.publicKeyPem: the instance cannot sign")
     try:
         key = load_pem_public_key(pem.encode())
     except (ValueError, TypeError):
         key = None
     if not isinstance(key, RSAPublicKey):  # HTTP signatures between these apps are RSA (rsa-sha256)
-        raise _Fail(f"the instance actor {path} has a publicKeyPem that is not an RSA public key")
+        raise CheckFailed(f"the instance actor {path} has a publicKeyPem that is not an RSA public key")
     return f"{actor_id} has a {key.key_size}-bit RSA public key"
-
-
-def _get(data: Any, key: str) -> Any:
-    return data.get(key) if isinstance(data, dict) else None
 
 
 CHECKS: tuple[tuple[str, Callable[[_Probe], str]], ...] = (
@@ -275,8 +239,7 @@ NOT_STARTED = "not checked: the app's containers are not started"
 def check(target: Target, *, timeout: float = 10) -> HealthReport:
     """Run every check once (without the app, its checks are reported as skipped); each request is bounded
     by ``timeout``."""
-    if target.app not in SOFTWARE:
-        raise ValueError(f"unknown app {target.app!r}")
+    apps.get(target.app)  # ValueError for an app the catalog does not hold
 
     def run() -> HealthReport:
         probe = _Probe(target, timeout)
@@ -288,7 +251,7 @@ def check(target: Target, *, timeout: float = 10) -> HealthReport:
                     continue
                 try:
                     results.append(Check(name, True, fn(probe)))
-                except _Fail as exc:
+                except CheckFailed as exc:
                     results.append(Check(name, False, str(exc)))
         finally:
             probe.close()

@@ -1,6 +1,6 @@
 """The app's images from `docker save` archives (`fedi up --images DIR`) instead of a registry.
 
-Each pinned image of the app (provision.versions) has one archive in DIR, named after its compose
+Each pinned image of the app (its catalog entry, provision.apps) has one archive in DIR, named after its compose
 service role: ``DIR/<role>.tar`` (mastodon.tar and streaming.tar; lemmy.tar, lemmy-ui.tar and
 pictrs.tar; mbin.tar). Before anything is created every archive is read here, on the operator's side,
 with nothing but ``tarfile``: its ``manifest.json`` (what `docker save` writes: a list of
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import versions
+from provision import apps
 from provision.errors import MissingPrerequisite, ValidationError
 
 SUFFIX = ".tar"
@@ -29,8 +29,8 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class ImageArchive:
-    role: str  # the compose service role the image serves (a key of versions.IMAGES[app])
-    ref: str  # the pinned reference it holds, as versions.py writes it
+    role: str  # the compose service role the image serves (a key of the app's catalog images)
+    ref: str  # the pinned reference it holds, as the app's catalog module writes it
     path: Path  # the `docker save` archive on the operator's machine
 
     @property
@@ -144,7 +144,7 @@ def archives(app: str, directory: str | Path) -> tuple[ImageArchive, ...]:
         raise MissingPrerequisite(f"images: {root} is not a directory")
     found = tuple(
         ImageArchive(role, ref, (root / f"{role}{SUFFIX}").absolute())
-        for role, ref in sorted(versions.images(app).items())
+        for role, ref in sorted(apps.get(app).images.items())
     )
     for archive in found:
         if not archive.path.is_file():

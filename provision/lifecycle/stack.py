@@ -165,8 +165,11 @@ def render(spec: InstanceSpec, sz: Sizing, secrets: dict[str, str], provider: Pr
 
 
 def runtime_vars(outputs: StackOutputs) -> dict[str, Any]:
-    """/opt/fedi/runtime.yml: the volume device ('' = data on the root disk) and whether apps start."""
+    """/opt/fedi/runtime.yml: the volume device ('' = data on the root disk), whether apps start, the admins."""
+    from provision.access import admins
+
     return {
+        **admins.ansible_vars(admins.from_records(outputs.extra.get("admins"))),
         "fedi_volume_device": outputs.extra.get("volume_device", ""),
         "fedi_start_app": bool(outputs.extra.get("start_app", True)),  # images from archives start too
         "fedi_bundle_dir": BUNDLE_DIR,

@@ -105,6 +105,11 @@ class Provider(ABC):
         """Keep another stack's app secrets (not its SSH keys) after its data was restored here."""
 
     @abstractmethod
+    def set_admins(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the stack's admins (provision.access.admins records); ``outputs(stack).extra["admins"]`` reads them
+        back, and every converge hands them to the playbook."""
+
+    @abstractmethod
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""

@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import versions
+from provision import apps
+from provision.apps import BundleFile
 from provision.errors import UsageError
 from provision.model import Bundle, ObjectStorage
 from provision.render import quote
@@ -25,16 +25,6 @@ from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 
 SECRETS_FILE = "secrets.json"
-
-
-@dataclass(frozen=True)
-class BundleFile:
-    role: str  # manifest role ("compose", "app-config", ...)
-    template: str  # path under templates/, or "" for files written straight from secrets
-    path: str  # path relative to the bundle directory
-    private: bool = False  # holds a secret: 0600
-    mode: int = 0o644  # mode when not private
-    verbatim: str = ""  # name of a generated value written as-is (key files), instead of a template
 
 
 _COMMON = [
@@ -54,34 +44,14 @@ _COMMON = [
     BundleFile("app-secrets", "", SECRETS_FILE, private=True),
 ]
 
-_APP: dict[str, list[BundleFile]] = {
-    "mastodon": [
-        BundleFile("compose", "mastodon/compose.yaml.j2", "app/compose.yaml"),
-        BundleFile("app-config", "mastodon/env.production.j2", "app/.env.production", private=True),
-    ],
-    "lemmy": [
-        BundleFile("compose", "lemmy/compose.yaml.j2", "app/compose.yaml"),
-        BundleFile("app-config", "lemmy/lemmy.hjson.j2", "app/lemmy.hjson", private=True),
-        BundleFile("app-pictrs", "lemmy/pictrs.env.j2", "app/pictrs.env", private=True),
-    ],
-    "mbin": [
-        BundleFile("compose", "mbin/compose.yaml.j2", "app/compose.yaml"),
-        BundleFile("app-config", "mbin/env.j2", "app/.env", private=True),
-        BundleFile(
-            "app-oauth-private-key", "", "app/oauth2/private.pem", private=True, verbatim="mbin_oauth_private_key"
-        ),
-        BundleFile("app-oauth-public-key", "", "app/oauth2/public.pem", verbatim="mbin_oauth_public_key"),
-        BundleFile("app-php", "mbin/php.ini.j2", "app/php.ini"),
-    ],
-}
-
 VALKEY_FILE = BundleFile("valkey", "valkey/fedi.conf.j2", "valkey/fedi.conf", private=True)
 
 
 def bundle_files(app: str, root: Path | None = None) -> list[BundleFile]:
     """Every file of the bundle for ``app``, in the order they are written."""
-    files = list(_COMMON) + list(_APP[app])
-    if app != "lemmy":  # Lemmy uses no Redis/Valkey
+    entry = apps.get(app)
+    files = list(_COMMON) + list(entry.bundle_files)
+    if "valkey" in entry.services:
         files.append(VALKEY_FILE)
     # The backup scripts: every templates/backup/<name>.sh.j2 -> bin/<name> (owned by the backup engineer).
     backup_dir = (root or templates_dir()) / "backup"
@@ -208,8 +178,8 @@ def _manifest(spec: InstanceSpec, sizing: Sizing, storage: ObjectStorage | None,
         "domain": spec.domain,
         "provider": spec.provider,
         "server_type": sizing.server.name,
-        "app_version": versions.app_version(spec.app),
-        "images": versions.images(spec.app),
+        "app_version": apps.get(spec.app).version,
+        "images": dict(apps.get(spec.app).images),
         "media": "object-storage" if storage else "data-volume",
         "files": dict(sorted(files.items())),
     }

@@ -1,7 +1,8 @@
 """The Jinja context every template gets, and the values derived once for all files.
 
 Contract (shared by every template, including the backup engineer's templates/backup/*.sh.j2):
-``spec``, ``sizing``, ``secrets``, ``storage``, ``versions``, ``paths``. On top of it: ``ports``
+``spec``, ``app`` (the app's catalog entry: ``app.version``, ``app.pins``, ``app.uid``...), ``sizing`` (with
+``sizing.tuning``, the app's tuning for the size), ``secrets``, ``storage``, ``paths``. On top of it: ``ports``
 (every loopback port a process listens on: the one table the compose file, the app configs and the
 Caddyfile all read, so they cannot disagree), ``media`` (where uploads go), ``backup`` (restic
 settings) and ``db`` (database name, user, host, port).
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from provision import versions
+from provision import apps
 from provision.model import ObjectStorage
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
@@ -30,15 +31,6 @@ LOCAL_RESTIC_REPOSITORY = "/var/backups/fedi/restic"
 
 # Every port something listens on, all on 127.0.0.1. Caddy (80/443) is the only public listener.
 BASE_PORTS = {"postgres": 5432, "valkey": 6379, "rabbitmq": 5672}
-APP_PORTS = {
-    # Mastodon's defaults: Puma on 3000, streaming on 4000 (4000 + i for each further process).
-    "mastodon": {"web": 3000, "streaming": 4000},
-    # Lemmy's defaults: lemmy 8536, lemmy-ui 1234, pict-rs 8080.
-    "lemmy": {"lemmy": 8536, "lemmy-ui": 1234, "pictrs": 8080},
-    # mbin's FrankenPHP (its own Caddy) on 8080 behind the host's Caddy; its admin API moves off 2019,
-    # which the host's Caddy uses.
-    "mbin": {"php": 8080, "php-admin": 2020},
-}
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ class Media:
 
 def media_for(spec: InstanceSpec, storage: ObjectStorage | None) -> Media:
     if storage is None:
-        local = {"mastodon": "system", "lemmy": "pictrs", "mbin": "media"}[spec.app]
+        local = apps.get(spec.app).media_path
         return Media(False, "", "", "", "", spec.domain, f"https://{spec.domain}/{local}")
     host = urlsplit(storage.endpoint).hostname or ""
     # Virtual-hosted style is how Hetzner Object Storage serves public objects: <bucket>.<endpoint host>.
@@ -75,37 +67,28 @@ def backup_repository(storage: ObjectStorage | None) -> str:
 
 def app_ports(spec: InstanceSpec, sizing: Sizing) -> dict[str, Any]:
     ports: dict[str, Any] = dict(BASE_PORTS)
-    ports.update(APP_PORTS[spec.app])
-    if sizing.mastodon:
-        base = APP_PORTS["mastodon"]["streaming"]
-        ports["streaming_all"] = [base + i for i in range(sizing.mastodon.streaming_processes)]
+    ports.update(apps.get(spec.app).ports)
+    ports.update(sizing.tuning.extra_ports(ports))
     return ports
-
-
-def sidekiq_argv(process: Any) -> list[str]:
-    """One Sidekiq container's command: threads, and its queues (none = Mastodon's sidekiq.yml: all)."""
-    argv = ["bundle", "exec", "sidekiq", "-c", str(process.concurrency)]
-    for queue in process.queues:
-        argv += ["-q", queue]
-    return argv
 
 
 def build_context(
     spec: InstanceSpec, sizing: Sizing, secrets: dict[str, str], storage: ObjectStorage | None
 ) -> dict[str, Any]:
+    app = apps.get(spec.app)
     return {
         "spec": spec,
+        "app": app,
+        "catalog": apps.all_apps(),  # every app (fedi-cleanup carries each app's commands)
         "sizing": sizing,
         "secrets": secrets,
         "storage": storage,
-        "versions": versions,
         "paths": dict(PATHS),
         "ports": app_ports(spec, sizing),
         "loopback": LOOPBACK,
         "media": media_for(spec, storage),
-        "images": versions.images(spec.app),
+        "images": dict(app.images),
         "db": {"name": spec.app, "user": spec.app, "host": LOOPBACK, "port": BASE_PORTS["postgres"]},
         "backup": {"repository": backup_repository(storage)},
-        "sidekiq_argv": sidekiq_argv,
         "smtp_password": spec.smtp.password() if spec.smtp else "",
     }

@@ -1,92 +1,14 @@
 """Secrets, generated once per stack in the exact forms the apps check. Never printed, never in argv.
 
 The provider stores the dict encrypted (Pulumi secret config on Hetzner, an encrypted state file
-locally); the bundle writes the files that hold them 0600. Every generator here uses the OS CSPRNG
-(``secrets``) or ``cryptography``'s key generation.
+locally); the bundle writes the files that hold them 0600. The generators are :mod:`provision.render.keys`.
 """
 
 from __future__ import annotations
 
-import base64
-import secrets
-import string
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
+from provision import apps
+from provision.render.keys import alnum, ssh_ed25519_keypair
 from provision.spec import InstanceSpec
-
-_ALNUM = string.ascii_letters + string.digits
-
-
-def alnum(length: int) -> str:
-    """Letters and digits only: safe inside URLs, DSNs, .env files, hjson and YAML without quoting."""
-    return "".join(secrets.choice(_ALNUM) for _ in range(length))
-
-
-def rails_secret() -> str:
-    """What `rake secret` prints: SecureRandom.hex(64), 128 hex characters."""
-    return secrets.token_hex(64)
-
-
-def rails_encryption_key() -> str:
-    """What `bin/rails db:encryption:init` prints per key: SecureRandom.alphanumeric(32)."""
-    return alnum(32)
-
-
-def _urlsafe_b64(data: bytes) -> str:
-    # Ruby's Base64.urlsafe_encode64 (what the webpush gem uses) keeps the '=' padding.
-    return base64.urlsafe_b64encode(data).decode("ascii")
-
-
-def vapid_keypair() -> tuple[str, str]:
-    """(private, public) as `rake mastodon:webpush:generate_vapid_key` prints them.
-
-    A P-256 key pair: the private key is the 32-byte scalar, the public key the 65-byte uncompressed
-    point, each urlsafe-base64 encoded.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_numbers().private_value.to_bytes(32, "big")
-    public = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return _urlsafe_b64(private), _urlsafe_b64(public)
-
-
-def vapid_public_from_private(private_b64: str) -> str:
-    """Derive the public key from a VAPID private key (used by tests and by `fedi` consistency checks)."""
-    value = int.from_bytes(base64.urlsafe_b64decode(private_b64), "big")
-    key = ec.derive_private_key(value, ec.SECP256R1())
-    public = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return _urlsafe_b64(public)
-
-
-def rsa_keypair(passphrase: str, bits: int = 4096) -> tuple[str, str]:
-    """(encrypted private PEM, public PEM): mbin's OAuth2 key pair.
-
-    mbin's docs generate it with `openssl genrsa -des3` and `openssl rsa -pubout`; league/oauth2-server
-    opens it with OAUTH_PASSPHRASE through OpenSSL, which reads the PKCS#8 encrypted form written here.
-    """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase.encode()),
-    ).decode("ascii")
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
-    return private, public
-
-
-def ssh_ed25519_keypair(comment: str) -> tuple[str, str]:
-    """(OpenSSH private key text, one-line public key "ssh-ed25519 AAAA... comment")."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode("ascii")
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode('ascii')} {comment}"
 
 
 def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
@@ -103,42 +25,10 @@ def generate_secrets(spec: InstanceSpec) -> dict[str, str]:
         "ssh_client_key": client_priv,
         "ssh_client_key_pub": client_pub,
     }
-    app = spec.app
-    if app in ("mastodon", "mbin"):
+    app = apps.get(spec.app)
+    if "valkey" in app.services:
         out["valkey_password"] = alnum(32)
-    if app == "mastodon":
-        vapid_private, vapid_public = vapid_keypair()
-        out.update(
-            {
-                "mastodon_secret_key_base": rails_secret(),
-                "mastodon_otp_secret": rails_secret(),
-                "mastodon_ar_deterministic_key": rails_encryption_key(),
-                "mastodon_ar_key_derivation_salt": rails_encryption_key(),
-                "mastodon_ar_primary_key": rails_encryption_key(),
-                "mastodon_vapid_private_key": vapid_private,
-                "mastodon_vapid_public_key": vapid_public,
-            }
-        )
-    elif app == "lemmy":
-        # lemmy.hjson pictrs.api_key and pict-rs's PICTRS__SERVER__API_KEY: the same value.
-        out["pictrs_api_key"] = alnum(40)
-    else:
-        passphrase = alnum(32)
-        oauth_private, oauth_public = rsa_keypair(passphrase)
-        out.update(
-            {
-                "rabbitmq_password": alnum(32),
-                # Symfony's APP_SECRET: 32 hex characters, the form Symfony's own recipe generates.
-                "mbin_app_secret": secrets.token_hex(16),
-                "mbin_oauth_passphrase": passphrase,
-                "mbin_oauth_private_key": oauth_private,
-                "mbin_oauth_public_key": oauth_public,
-                # mbin docs: `openssl rand -hex 16`
-                "mbin_oauth_encryption_key": secrets.token_hex(16),
-                # Mercure signs JWTs with HS256: at least 256 bits of key.
-                "mbin_mercure_jwt_secret": secrets.token_hex(32),
-            }
-        )
+    out.update(app.secrets())
     return out
 
 

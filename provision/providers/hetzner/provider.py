@@ -321,7 +321,7 @@ class HetznerProvider(Provider):
             server_id=str(out.get("server_id", "")),
             server_type=out.get("server_type", ""),
             storage=storage,
-            extra=_record(out),
+            extra={**_record(out), "admins": json.loads(self.engine.read_config(stack, "admins") or "[]")},
         )
 
     def _client_key_file(self, stack: str, private_key: str) -> Path:
@@ -355,6 +355,11 @@ class HetznerProvider(Provider):
                 )
             )
         return found
+
+    def set_admins(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the stack's admins (provision.access.admins records) in the stack's config (no secrets in them)."""
+        self.outputs(stack)  # ProvisionError if the stack has no server
+        self.engine.write_config(stack, "admins", json.dumps(list(records), sort_keys=True), secret=False)
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the server id that showed it: a re-created server is another one."""
@@ -400,7 +405,7 @@ class HetznerProvider(Provider):
         """The stack's server was deleted or lost (Hetzner answers 404 for its id): the next `up` refreshes
         and creates a new server, which gets a fresh one-time host key (the lost one's user-data was
         readable on it); the lost server's pin is dropped."""
-        from provision.render.secrets import ssh_ed25519_keypair
+        from provision.render.keys import ssh_ed25519_keypair
 
         stack = spec.stack_name
         exists = self.exists

@@ -33,8 +33,6 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # The host's ip_forward before fedi turned it on for the first machine with internet access.
 FORWARD_BEFORE = Path("/run/fedi-local-ip_forward")
 GUEST_IF = "eth0"
-# Where the apps' images come from (Docker Hub for Lemmy, GHCR for Mastodon and mbin).
-REGISTRIES: tuple[tuple[str, int], ...] = (("registry-1.docker.io", 443), ("ghcr.io", 443))
 
 
 @dataclass(frozen=True)
@@ -110,9 +108,18 @@ def nat_teardown_commands(net: Net) -> list[list[str]]:
     return [["nft", "delete", "table", "ip", net.netns]]
 
 
-def internet_reachable(endpoints: tuple[tuple[str, int], ...] = REGISTRIES, timeout: float = 3.0) -> bool:
-    """Can this host open TCP connections to every endpoint (the app image registries)? Bounded."""
-    for host, port in endpoints:
+def registries() -> tuple[tuple[str, int], ...]:
+    """Where the apps' images come from: the registry of every image the catalog pins (HTTPS). Docker Hub's
+    images are named docker.io/... and pulled from registry-1.docker.io."""
+    from provision import apps
+
+    hosts = sorted({ref.split("/", 1)[0] for app in apps.all_apps() for ref in app.images.values()})
+    return tuple(("registry-1.docker.io" if host == "docker.io" else host, 443) for host in hosts)
+
+
+def internet_reachable(endpoints: tuple[tuple[str, int], ...] | None = None, timeout: float = 3.0) -> bool:
+    """Can this host open TCP connections to every endpoint (default: the app image registries)? Bounded."""
+    for host, port in registries() if endpoints is None else endpoints:
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 pass

@@ -277,7 +277,7 @@ class LocalProvider(Provider):
             k: doc.get(k) for k in ("software", "size", "domain", "production", "ephemeral", "expires", "created")
         }
         start_app = bool(doc.get("start_app", False))
-        extra.update(start_app=start_app, url=f"https://{doc.get('domain', '')}/")
+        extra.update(admins=list(doc.get("admins") or []), start_app=start_app, url=f"https://{doc.get('domain', '')}/")
         if not start_app:
             extra["app_note"] = APP_NOTE
         if record is not None:
@@ -347,6 +347,11 @@ class LocalProvider(Provider):
         store = self._store()
         store.update(stack, secrets=carried_over(old, store.load(stack).get("secrets") or {}))
 
+    def set_admins(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the stack's admins (provision.access.admins records) in its encrypted state."""
+        self._doc(stack)  # ProvisionError if there is no such stack
+        self._store().update(stack, admins=list(records))
+
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the machine that showed it: a later machine is another server."""
         from provision.providers.local import machine
@@ -387,7 +392,7 @@ class LocalProvider(Provider):
         """The machine and its disk are gone but the stack is kept: the machine `up` creates is a new
         server. Give it a fresh one-time host key (the lost one's was readable on it) and forget the pin."""
         from provision.providers.local import machine
-        from provision.render.secrets import ssh_ed25519_keypair
+        from provision.render.keys import ssh_ed25519_keypair
 
         store = self._store()
         name = spec.stack_name
