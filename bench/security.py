@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.support
 
-from security_host import (  # noqa: E402
+from tests.support.security_host import (  # noqa: E402
     allowed_findings,
     configured_host,
     findings,

@@ -181,7 +181,7 @@ def test_up_refuses_before_anything_is_created(monkeypatch, tmp_path) -> None:
     """lifecycle.up asks first: a refused address leaves no stack, no secrets, no bundle."""
     from provision.providers.hetzner.offline import OfflineEngine
     from provision.providers.hetzner.provider import HetznerProvider
-    from tests.stack_fixtures import isolate, spec_of
+    from tests.support.stack_fixtures import isolate, spec_of
     from tests.test_lifecycle import Recorder
 
     isolate(monkeypatch, tmp_path)
@@ -201,7 +201,7 @@ def test_up_refuses_before_anything_is_created(monkeypatch, tmp_path) -> None:
 def test_the_default_step_checks_the_specs_address(monkeypatch) -> None:
     seen: list[tuple] = []
     monkeypatch.setattr(admin_email, "check", lambda *a, **kw: seen.append(a) or "")
-    from tests.stack_fixtures import spec_of
+    from tests.support.stack_fixtures import spec_of
 
     spec = spec_of(software="mastodon", admin_email="owner@mail.example.test")
     lifecycle.Steps().admin_email(spec, lambda _l: None)

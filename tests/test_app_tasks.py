@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from render_cases import tool
+
+from tests.support.render_cases import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "ansible" / "roles" / "app"

@@ -9,7 +9,6 @@ import stat
 
 import pytest
 import yaml
-from render_cases import COMBOS, DOMAIN, SMTP, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
 
 from provision import apps
 from provision.errors import UsageError
@@ -17,6 +16,7 @@ from provision.render import bundle as bundle_mod
 from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import build_spec
+from tests.support.render_cases import COMBOS, DOMAIN, SMTP, SMTP_PASSWORD, STORAGE, dotenv, read, rendered
 
 REQUIRED_ROLES = {
     "cloud-init",

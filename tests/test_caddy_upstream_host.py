@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from render_cases import DOMAIN, dotenv, read, rendered, tool
 
 from provision.remote.netns import call_in_netns
+from tests.support.render_cases import DOMAIN, dotenv, read, rendered, tool
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare (a network namespace)"

@@ -16,7 +16,7 @@ from provision.cli import target as cli_target
 from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.sizing import sizing
-from tests.stack_fixtures import bundle_of, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, isolate, spec_of
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
-from tests.stack_fixtures import bundle_of, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, isolate, spec_of
 
 COOP = "s3://coop-state/fedi"
 DOMAIN = "social.example.org"

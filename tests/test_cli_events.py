@@ -24,7 +24,7 @@ from provision.lifecycle import stack as lifecycle
 from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
-from tests.stack_fixtures import isolate
+from tests.support.stack_fixtures import isolate
 
 DOMAIN = "social.example.org"
 

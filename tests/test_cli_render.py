@@ -10,9 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from render_cases import COMBOS
 
 from provision.cli.app import main
+from tests.support.render_cases import COMBOS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The app containers' hardening, read back by Debian 13's docker compose (tests/readers.py).
+"""The app containers' hardening, read back by Debian 13's docker compose (tests/support/readers.py).
 
 For every app and size: no new privileges, every capability dropped and only the ones the app's image
 needs added back (each template's header cites where that need comes from), a read-only root file
@@ -12,10 +12,10 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from readers import debian_readers
-from render_cases import SIZES, rendered
 
 from provision.sizing import CONTAINER_PIDS_LIMIT, size_for
+from tests.support.readers import debian_readers
+from tests.support.render_cases import SIZES, rendered
 
 MB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from pulumi.automation._cmd import CommandResult
 
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
 from provision.providers.hetzner import engine
-from tests.stack_fixtures import config_of, fake_cli, isolate
+from tests.support.stack_fixtures import config_of, fake_cli, isolate
 
 TOKEN = "a" * 64
 

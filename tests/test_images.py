@@ -216,7 +216,7 @@ def test_images_in_fedi_toml_is_validated_like_the_other_keys(tmp_path, monkeypa
 def hetzner(monkeypatch, tmp_path):
     from provision.providers.hetzner.offline import OfflineEngine
     from provision.providers.hetzner.provider import HetznerProvider
-    from tests.stack_fixtures import isolate
+    from tests.support.stack_fixtures import isolate
 
     isolate(monkeypatch, tmp_path)
     return HetznerProvider(engine=OfflineEngine())
@@ -229,7 +229,7 @@ def _lemmy_archives(directory: Path, **override: list[str]) -> None:
 
 
 def test_up_refuses_a_wrong_archive_before_anything_is_created(hetzner, tmp_path):
-    from tests.stack_fixtures import spec_of
+    from tests.support.stack_fixtures import spec_of
 
     _lemmy_archives(tmp_path / "img", lemmy_ui=["docker.io/dessalines/lemmy-ui:0.19.19"])
     calls: list[str] = []
@@ -241,7 +241,7 @@ def test_up_refuses_a_wrong_archive_before_anything_is_created(hetzner, tmp_path
 
 
 def test_up_hands_the_checked_archives_to_configure(hetzner, tmp_path):
-    from tests.stack_fixtures import spec_of
+    from tests.support.stack_fixtures import spec_of
 
     _lemmy_archives(tmp_path / "img")
     seen: dict = {}
@@ -259,7 +259,7 @@ def test_up_hands_the_checked_archives_to_configure(hetzner, tmp_path):
 
 
 def test_without_images_configure_gets_no_archives(hetzner):
-    from tests.stack_fixtures import spec_of
+    from tests.support.stack_fixtures import spec_of
 
     seen: list = []
 

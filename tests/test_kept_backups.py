@@ -20,7 +20,7 @@ from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
 from provision.spec import build_spec
-from tests.stack_fixtures import isolate, spec_of
+from tests.support.stack_fixtures import isolate, spec_of
 
 
 @pytest.mark.parametrize(

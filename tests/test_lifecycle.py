@@ -16,7 +16,7 @@ from provision.errors import Aborted, BackupError, MissingPrerequisite
 from provision.lifecycle import stack as lifecycle
 from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
-from tests.stack_fixtures import isolate, spec_of
+from tests.support.stack_fixtures import isolate, spec_of
 
 
 @dataclass

@@ -3,28 +3,25 @@
 Each block after a ``<!-- bill: NAME -->`` marker in README.md is compared, line for line, with the
 output of `fedi cost --all` for an account of those stacks (the real CLI, the Hetzner provider on the
 test engine, prices from the fallback table). The tiny-instance figures in the prose are checked too.
-Run ``python tests/test_readme_cost.py`` to print the blocks after a change of prices.
+Run ``python -m tests.test_readme_cost`` (from the repository root) to print the blocks after a change of prices.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from provision.cli import app as cli
+from provision.cli import target as cli_target
+from provision.providers.hetzner.offline import OfflineEngine
+from provision.providers.hetzner.provider import HetznerProvider
+from provision.sizing import sizing
+from tests.support.stack_fixtures import bundle_of, spec_of
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from provision.cli import app as cli  # noqa: E402
-from provision.cli import target as cli_target  # noqa: E402
-from provision.providers.hetzner.offline import OfflineEngine  # noqa: E402
-from provision.providers.hetzner.provider import HetznerProvider  # noqa: E402
-from provision.sizing import sizing  # noqa: E402
-from tests.stack_fixtures import bundle_of, spec_of  # noqa: E402
-
 README = ROOT / "README.md"
 ONE = [{"domain": "social.example.coop", "software": "mastodon", "size": "tiny"}]
 FOUR = [

@@ -14,7 +14,7 @@ from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from provision.spec import build_spec
 from provision.timestamps import as_iso, epoch, utc_iso
-from tests.stack_fixtures import bundle_of, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, isolate, spec_of
 
 ISO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 

@@ -9,10 +9,10 @@ from urllib.parse import unquote, urlsplit
 import hjson
 import pytest
 import yaml
-from render_cases import COMBOS, DOMAIN, STORAGE, dotenv, read, rendered
 
 from provision.sizing import sizing
 from provision.spec import build_spec
+from tests.support.render_cases import COMBOS, DOMAIN, STORAGE, dotenv, read, rendered
 
 ALL = [(sw, size, v) for sw, size in COMBOS for v in ("plain",)] + [
     (sw, "large", "storage") for sw in ("mastodon", "lemmy", "kbin")

@@ -2,7 +2,7 @@
 
 caddy validate, the compose-spec JSON schema, cloud-init schema (+ a strict top-level key check),
 systemd-analyze verify (empty stderr), shellcheck, an hjson parser; and Debian 13's own readers
-(tests/readers.py): docker compose config, Ruby dotenv, Symfony Dotenv, deser_hjson. A missing tool
+(tests/support/readers.py): docker compose config, Ruby dotenv, Symfony Dotenv, deser_hjson. A missing tool
 skips on a developer machine and FAILS under CI=true (render_cases.tool). User values x readers:
 tests/test_render_values.py.
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from readers import debian_readers
-from render_cases import COMBOS, dotenv, read, rendered, tool
+
+from tests.support.readers import debian_readers
+from tests.support.render_cases import COMBOS, dotenv, read, rendered, tool
 
 VARIANTS = [(sw, size, "plain") for sw, size in COMBOS] + [
     (sw, "medium", variant) for sw in ("mastodon", "lemmy", "kbin") for variant in ("storage", "local", "ephemeral")

@@ -1,6 +1,6 @@
 """Every value the user gives reaches the app exactly, or is refused at the door (issue 18).
 
-Rendered files are read back by the apps' real readers from Debian 13 (tests/readers.py: docker
+Rendered files are read back by the apps' real readers from Debian 13 (tests/support/readers.py: docker
 compose, Ruby dotenv, Symfony Dotenv and Mailer's DSN parser, Rust's deser_hjson), plus caddy adapt,
 ansible's YAML loader and the backup scripts' own env reader, and compared with what the user gave.
 """
@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from readers import debian_readers
-from render_cases import DOMAIN, STORAGE, read, tool
 
 from provision.errors import UsageError, ValidationError
 from provision.model import ObjectStorage
@@ -28,6 +26,8 @@ from provision.render.bundle import render_bundle
 from provision.render.secrets import generate_secrets
 from provision.sizing import sizing
 from provision.spec import build_spec
+from tests.support.readers import debian_readers
+from tests.support.render_cases import DOMAIN, STORAGE, read, tool
 
 HOSTILE = [
     "secret\\",

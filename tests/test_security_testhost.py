@@ -1,6 +1,6 @@
 """Security posture of a configured server, measured with the auditors' own tools.
 
-One Debian 13 test host for the whole module (tests/security_host.py), configured by fedi's remote
+One Debian 13 test host for the whole module (tests/support/security_host.py), configured by fedi's remote
 step over paramiko with a real rendered bundle. Then, from outside: fedi's client and the system's
 OpenSSH client still connect; ssh-audit (PyPI) passes the repository's policy and reports no failure
 or warning that tests/data/ssh-audit-allowed.txt does not name with a reason. The ssh-audit runs come
@@ -15,7 +15,8 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from security_host import (
+
+from tests.support.security_host import (
     FEDI_UNITS,
     ROOT,
     RUNTIME,
@@ -33,7 +34,7 @@ from security_host import (
     start_standins,
     unit_exposure,
 )
-from unit_security import GOAL, ceilings
+from tests.support.unit_security import GOAL, ceilings
 
 pytestmark = pytest.mark.testhost
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from security_host import SSH_AUDIT_POLICY
 from test_ansible import _render
+
+from tests.support.security_host import SSH_AUDIT_POLICY
 
 DROP_IN = "roles/base/templates/sshd-fedi.conf.j2"
 

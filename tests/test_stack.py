@@ -14,7 +14,7 @@ import pytest
 from provision.providers.hetzner import offline
 from stacks.config import bucket_names, host_key_fingerprint, label_value, relative_name
 from stacks.hetzner import declare
-from tests.stack_fixtures import HOST_KEY_PUB, config_of
+from tests.support.stack_fixtures import HOST_KEY_PUB, config_of
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_no_buckets_without_object_storage():
 def test_volume_never_shrinks():
     from provision.sizing import sizing
     from stacks.config import build_config
-    from tests.stack_fixtures import bundle_of, spec_of
+    from tests.support.stack_fixtures import bundle_of, spec_of
 
     spec = spec_of(size="tiny")
     cfg = build_config(

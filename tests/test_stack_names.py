@@ -20,7 +20,7 @@ from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
-from tests.stack_fixtures import bundle_of, config_of, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, config_of, isolate, spec_of
 
 HETZNER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LONG = "a" * 50 + ".bbbbbbbbbbbbbbbbbbbb"  # shared by both long domains: far beyond the old 50-character cut

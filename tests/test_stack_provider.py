@@ -11,7 +11,7 @@ from provision.errors import ProvisionError
 from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider, dns_records, find_zone, wait_for_dns, zone_candidates
 from provision.sizing import sizing
-from tests.stack_fixtures import bundle_of, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, isolate, spec_of
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from provision.lifecycle import stack as lifecycle
 from provision.lifecycle.health import NOT_STARTED, Check, HealthReport, Target
 from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
-from tests.stack_fixtures import isolate, spec_of
+from tests.support.stack_fixtures import isolate, spec_of
 from tests.test_lifecycle import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent

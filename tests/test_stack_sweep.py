@@ -16,7 +16,7 @@ from provision.providers.hetzner.offline import OfflineEngine
 from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
-from tests.stack_fixtures import bundle_of, fake_cli, isolate, spec_of
+from tests.support.stack_fixtures import bundle_of, fake_cli, isolate, spec_of
 
 CREATED = 1_800_000_000  # the fixtures' creation time
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from render_cases import SOFTWARE, rendered, tool
-from unit_security import GOAL, ceilings, overall
+
+from tests.support.render_cases import SOFTWARE, rendered, tool
+from tests.support.unit_security import GOAL, ceilings, overall
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_ROLES = ("backup-service", "backup-check-service", "cleanup-service")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DATA = ROOT / "tests" / "data"
 SSH_AUDIT_POLICY = DATA / "ssh-audit-policy.txt"
@@ -236,7 +236,7 @@ _NOT_SANDBOX = ("Type", "ExecStart", "ExecReload", "ExecStop", "RemainAfterExit"
 
 def unit_exposure(host: SecurityHost) -> dict[str, tuple[float, str]]:
     """{unit: (exposure, rating)}: the host's own systemd-analyze on the installed units."""
-    from unit_security import overall
+    from tests.support.unit_security import overall
 
     proc = host.sh(f"systemd-analyze security --no-pager {' '.join(FEDI_UNITS)}")
     if proc.returncode != 0:

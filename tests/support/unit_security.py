@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-EXPOSURE_FILE = Path(__file__).parent / "data" / "unit-exposure.txt"
+EXPOSURE_FILE = Path(__file__).parents[1] / "data" / "unit-exposure.txt"
 GOAL = 4.9  # the highest exposure rated OK (5.0 and above is MEDIUM)
 _OVERALL = re.compile(r"Overall exposure level for (\S+): (\d+\.\d) (\w+)")
 

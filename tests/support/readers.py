@@ -150,7 +150,8 @@ def debian_readers() -> Readers:
     """Debian 13's readers in the cached chroot, built on first use (needs root and debootstrap).
     Call it from a test fixture: it skips (fails under CI=true) where the chroot cannot be built."""
     from conftest import IMAGE_DIR
-    from render_cases import tool
+
+    from tests.support.render_cases import tool
 
     if os.geteuid() != 0:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
