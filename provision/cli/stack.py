@@ -32,7 +32,7 @@ from provision.cli.options import (
 from provision.cli.output import emit, note, progress_printer
 from provision.cli.target import all_stacks, ephemeral_domain, hold_stack, resolve
 from provision.config import load_config
-from provision.errors import Aborted, MissingPrerequisite, UsageError
+from provision.errors import Aborted, MissingPrerequisite
 
 
 def flush_outbox() -> None:
@@ -248,18 +248,12 @@ def status_cmd(
         marks = {(True, False): "ok  ", (False, False): "FAIL", (False, True): "skip"}
         lines += [f"{marks[c['ok'], c['skipped']]} {c['name']}: {c['detail']}" for c in data["health"]]
     if not no_health:  # the age of the last good backup: a backup counts once it exists
-        from dataclasses import asdict
-
-        from provision.errors import FediError
         from provision.lifecycle import backup
 
-        try:
-            b = backup.status(result.outputs.access)
-        except FediError as err:
-            lines.append(f"backup: unknown ({err.line()})")
-        else:
-            data["backup"] = {**asdict(b), "ok": b.ok}
-            lines.append(b.line())
+        backup_data, line = backup.status_line(result.outputs.access)
+        if backup_data is not None:
+            data["backup"] = backup_data
+        lines.append(line)
     lines += [f"note: {n}" for n in result.notes]
     emit(data, as_json, "\n".join(lines))
 
@@ -274,8 +268,6 @@ def resize_cmd(
     as_json: Json = False,
 ) -> None:
     """Change the size in place (server type, volume grows only, Postgres and app re-tuned)."""
-    from dataclasses import replace
-
     from provision.lifecycle import stack as lifecycle
     from provision.spec import SIZES, one_of
 
@@ -284,18 +276,10 @@ def resize_cmd(
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
     hold_stack(name, "fedi resize")  # before the question: a busy stack is refused at once
-    current = prov.outputs(name)
-    spec = lifecycle.spec_of_outputs(current, config)
-    if spec is None:
-        raise UsageError(f"stack {name!r} does not say what it runs; resize it with `fedi up --size {size}`")
-    if spec.size == size:
-        raise UsageError(f"size: {name} is already {size}")
-    new_spec = replace(spec, size=size)
+    spec, new_spec, difference = lifecycle.resize_target(name, prov, size, config)
     note(f"{name}: {spec.size} -> {size}. The server is powered off while its type changes (about 1-3 minutes).")
-    if spec.provider == "hetzner":
-        from provision.billing.cost import monthly_cost, resize_difference
-
-        note(resize_difference(monthly_cost(spec), monthly_cost(new_spec)).text())
+    if difference:
+        note(difference)
     if not yes and not _confirm(f"Resize {spec.domain} to {size}?"):
         raise Aborted("nothing was changed")
     result = lifecycle.resize(new_spec, prov, progress_printer())
@@ -352,46 +336,10 @@ def down_cmd(
 
 def stacks_cmd(provider: Provider = None, backend: Backend = None, as_json: Json = False) -> None:
     """List the stacks in the state backend with software, size, domain, age and monthly cost."""
-    from provision.billing.cost import monthly_cost
-    from provision.timestamps import epoch
+    from provision.lifecycle.listing import stack_rows, stack_table
 
-    summaries = [summary for _prov, summary in all_stacks(provider, backend)]
-    now = time.time()
-    rows = []
-    for s in summaries:
-        created = epoch(s.created)
-        age_h = (now - created) / 3600 if created else None
-        cost = None
-        if s.size and s.software:
-            from provision import apps
-
-            location = getattr(s, "location", "") or "fsn1"
-            cost = monthly_cost((s.size, apps.app_name(s.software), location)) if s.provider != "local" else None
-        rows.append(
-            {
-                "stack": s.stack,
-                "provider": s.provider,
-                "software": s.software,
-                "size": s.size,
-                "domain": s.domain,
-                "created": s.created,
-                "age_hours": round(age_h, 1) if age_h is not None else None,
-                "ephemeral": s.ephemeral,
-                "expires": s.expires,
-                "production": s.production,
-                "monthly_gross": float(cost.total_gross.quantize(1 / __import__("decimal").Decimal(100)))
-                if cost
-                else 0.0,
-                "currency": cost.currency if cost else "EUR",
-            }
-        )
-    lines = [f"{'stack':<32} {'software':<9} {'size':<7} {'domain':<32} {'age':>7} {'EUR/month':>10}"]
-    for r in rows:
-        age = f"{r['age_hours']:.0f}h" if r["age_hours"] is not None else "?"
-        lines.append(
-            f"{r['stack']:<32} {r['software']:<9} {r['size']:<7} {r['domain']:<32} {age:>7} {r['monthly_gross']:>10.2f}"
-        )
-    emit(rows, as_json, "\n".join(lines) if rows else "no stacks")
+    rows = stack_rows([summary for _prov, summary in all_stacks(provider, backend)], time.time())
+    emit(rows, as_json, stack_table(rows))
 
 
 def ssh_cmd(

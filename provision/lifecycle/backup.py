@@ -349,6 +349,19 @@ def status(access: HostAccess, runner: Runner | None = None) -> BackupStatus:
     return st
 
 
+def status_line(access: HostAccess) -> tuple[dict[str, Any] | None, str]:
+    """For `fedi status`: the backup state as data (None when it cannot be read) and as one line."""
+    from dataclasses import asdict
+
+    from provision.errors import FediError
+
+    try:
+        b = status(access)
+    except FediError as err:
+        return None, f"backup: unknown ({err.line()})"
+    return {**asdict(b), "ok": b.ok}, b.line()
+
+
 def verify(access: HostAccess, snapshot: str = "expected", runner: Runner | None = None) -> dict[str, Any]:
     """Scratch-restore and compare. Returns the report; its "ok" is False on a difference (exit 2).
 

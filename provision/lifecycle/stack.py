@@ -336,6 +336,24 @@ def spec_of_outputs(outputs: StackOutputs, config: dict[str, Any] | None = None)
     return replace(build_spec(flags, sections), stack=outputs.stack)  # made under an older naming rule, maybe
 
 
+def resize_target(
+    stack: str, provider: Provider, size: str, config: dict[str, Any]
+) -> tuple[InstanceSpec, InstanceSpec, str]:
+    """(the stack's spec now, the spec it is resized to, a line on what that changes the monthly bill by or
+    '' where there is no bill). With fedi.toml's [hooks] and [coop], so they hear of it. Reads only."""
+    spec = spec_of_outputs(provider.outputs(stack), config)
+    if spec is None:
+        raise UsageError(f"stack {stack!r} does not say what it runs; resize it with `fedi up --size {size}`")
+    if spec.size == size:
+        raise UsageError(f"size: {stack} is already {size}")
+    new_spec = replace(spec, size=size)
+    if spec.provider != "hetzner":
+        return spec, new_spec, ""
+    from provision.billing.cost import monthly_cost, resize_difference
+
+    return spec, new_spec, resize_difference(monthly_cost(spec), monthly_cost(new_spec)).text()
+
+
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
     with stacklock.hold(spec.stack_name, "fedi resize"):
