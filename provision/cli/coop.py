@@ -1,6 +1,6 @@
 """`fedi cost` and `fedi coop ...`: what the instance costs, who covers it, and the billing hook.
 
-Parses and calls; the logic lives in cost.py, dues.py, hooks.py and coop.py.
+Parses and calls; the logic lives in provision/billing/ (pricing, cost, dues, hooks, coop).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.billing import pricing
 from provision.cli.options import AdminEmail, Backend, Domain, Json, Location, Provider, Size, Software, spec_from
 from provision.cli.output import emit, note
+from provision.config import load_config
 
 coop_app = typer.Typer(
     name="coop",
@@ -35,38 +37,6 @@ SECRET_ENV = "FEDI_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a
 NoStorage = Annotated[bool, typer.Option("--no-object-storage", help="leave out object storage")]
 
 
-def _target(software: str | None, size: str | None, location: str | None) -> tuple[Any, str]:
-    """(size, app, location) from flags over fedi.toml, validated; and the provider. No domain needed."""
-    from provision import apps
-    from provision.config import load_config
-    from provision.errors import ValidationError
-    from provision.spec import CONFIG_FILE, LOCATIONS, PROVIDERS, SIZES, one_of
-
-    config = load_config()
-    merged = {k: config.get(k) for k in ("software", "size", "location", "provider")}
-    merged.update({k: v for k, v in {"software": software, "size": size, "location": location}.items() if v})
-    for key in ("software", "size"):
-        if not merged.get(key):
-            raise ValidationError(key, f"is required (pass --{key} or set {key} in {CONFIG_FILE})")
-    app = apps.app_name(one_of("software", merged["software"], apps.software_names()))
-    target = (
-        one_of("size", merged["size"], tuple(SIZES)),
-        app,
-        one_of("location", merged.get("location") or "fsn1", tuple(LOCATIONS)),
-    )
-    return target, one_of("provider", merged.get("provider") or "hetzner", PROVIDERS)
-
-
-def _cost(target: tuple[str, str, str], provider: str, **options: Any) -> Any:
-    from provision.billing.cost import CostBreakdown, monthly_cost
-
-    if provider == "local":
-        size, app, location = target
-        labels = {"size": size, "app": app, "location": location}
-        return CostBreakdown((), "EUR", "local", "a local machine: no cloud costs", None, labels)
-    return monthly_cost(target, **options)
-
-
 StackOpt = Annotated[str | None, typer.Option("--stack", help="an existing stack of the account", show_default=False)]
 AllStacks = Annotated[bool, typer.Option("--all", help="the account's whole bill: every stack, shared lines once")]
 Alone = Annotated[bool, typer.Option("--alone", help="price the stack as the account's only one")]
@@ -76,34 +46,10 @@ def _account(backend: str | None) -> tuple[Any, list[Any], str]:
     """(account settings, the account's stacks, why they could not be listed or "")."""
     from provision.billing.account_stacks import list_members, parse_account
     from provision.cli.target import make_provider
-    from provision.config import load_config
 
     settings = parse_account(load_config().get("account"))
     members, why = list_members(make_provider("hetzner", backend), settings)
     return settings, members, why
-
-
-def _bill(members: list[Any], backups: bool, storage_tb: float | None, no_object_storage: bool) -> Any:
-    from provision.billing.account import account_bill
-    from provision.billing.cost import load_prices
-
-    return account_bill(
-        members, load_prices(), object_storage=not no_object_storage, stored_tb=storage_tb, hetzner_backups=backups
-    )
-
-
-def _stack_view(bill: Any, name: str, why: str = "") -> tuple[dict[str, Any], str]:
-    """One stack's lines and share (JSON and text), with the account's total beside them."""
-    data = bill.breakdown(name).as_dict() | {
-        "account": {
-            "stacks": [s.member.stack for s in bill.stacks],
-            "total_net": float(round(bill.total_net, 2)),
-            "total_gross": float(round(bill.total_gross, 2)),
-            "share_rule": bill.rule,
-        },
-        "account_note": why,
-    }
-    return data, bill.stack_text(name) + (f"\naccount: {why}" if why else "")
 
 
 def cost(
@@ -137,24 +83,23 @@ def cost(
         _, members, why = _account(backend)
         if not members:
             raise MissingPrerequisite("the account has no Hetzner stacks to price" + (f": {why}" if why else ""))
-        bill = _bill(members, backups, storage_tb, no_object_storage)
+        bill = pricing.bill(members, backups, storage_tb, no_object_storage)
         if all_stacks:
             emit(bill.as_dict(), as_json, bill.text())
             return
         if stack not in [m.stack for m in members]:
             raise UsageError(f"stack: {stack!r} is not a Hetzner stack of the account (see `fedi cost --all`)")
-        data, human = _stack_view(bill, stack)
+        data, human = pricing.stack_view(bill, stack)
         emit(data, as_json, human)
         return
-    target, provider = _target(software, size, location)
+    target, provider = pricing.price_target(software, size, location, load_config())
     options = {"hetzner_backups": backups, "object_storage": not no_object_storage, "object_storage_tb": storage_tb}
     if hours is not None or provider == "local":
-        breakdown = _cost(target, provider, ephemeral_hours=hours, **options)
+        breakdown = pricing.target_cost(target, provider, ephemeral_hours=hours, **options)
         emit(breakdown.as_dict(), as_json, breakdown.text())
         return
     from provision.billing.account_stacks import parse_account, planned_member, with_planned
     from provision.cli.target import stack_name
-    from provision.config import load_config
 
     domain = domain or load_config().get("domain")
     name = stack_name(None, domain) if domain else "this-stack"
@@ -163,8 +108,8 @@ def cost(
     else:
         settings, members, why = _account(backend)
     members = with_planned(members, planned_member(name, *target, settings))
-    bill = _bill(members, backups, storage_tb, no_object_storage)
-    data, human = _stack_view(bill, name, f"{why}; priced alone" if why else "")
+    bill = pricing.bill(members, backups, storage_tb, no_object_storage)
+    data, human = pricing.stack_view(bill, name, f"{why}; priced alone" if why else "")
     emit(data, as_json, human)
 
 
@@ -172,13 +117,12 @@ def _dues_cost(
     software: str | None, size: str | None, location: str | None, stack: str | None, backups: bool, backend: str | None
 ) -> tuple[Any, str]:
     """What the dues cover: the account's total, one named stack with its share, or (no account) one stack."""
-    from provision.config import load_config
     from provision.errors import UsageError
 
     local = load_config().get("provider") == "local"  # a local co-op has no Hetzner account to list
     _, members, why = ([], [], "") if local else _account(backend)
     if members:
-        bill = _bill(members, backups, None, False)
+        bill = pricing.bill(members, backups, None, False)
         if stack is None:
             names = ", ".join(m.stack for m in members)
             return bill, f"the co-op's {len(members)} stack{'s' if len(members) > 1 else ''} ({names})"
@@ -187,8 +131,10 @@ def _dues_cost(
         return bill.breakdown(stack), f"stack {stack} with its share of the shared lines"
     if stack:
         raise UsageError(f"stack: {stack!r} is not a Hetzner stack of the account" + (f" ({why})" if why else ""))
-    target, provider = _target(software, size, location)
-    return _cost(target, provider, hetzner_backups=backups), "one stack alone" + (f" ({why})" if why else "")
+    target, provider = pricing.price_target(software, size, location, load_config())
+    return pricing.target_cost(target, provider, hetzner_backups=backups), "one stack alone" + (
+        f" ({why})" if why else ""
+    )
 
 
 @coop_app.command("dues")
@@ -203,7 +149,6 @@ def dues(
 ) -> None:
     """How many paying members cover the co-op's bill (every stack of the account, or --stack NAME)."""
     from provision.billing.dues import compute_dues, parse_coop
-    from provision.config import load_config
 
     total, basis = _dues_cost(software, size, location, stack, backups, backend)
     report = compute_dues(parse_coop(load_config().get("coop")), total)
@@ -278,7 +223,6 @@ def _monthly_targets(
     as `fedi stacks` lists them.
     """
     from provision.cli.target import all_stacks, resolve
-    from provision.config import load_config
     from provision.errors import MissingPrerequisite, ProvisionError, UsageError
     from provision.lifecycle.stack import spec_of_outputs
 
@@ -339,7 +283,6 @@ def monthly(
     from provision.billing.cost import monthly_cost
     from provision.billing.dues import compute_dues, parse_coop
     from provision.cli.target import make_provider
-    from provision.config import load_config
 
     flags = {"software": software, "size": size, "domain": domain, "location": location, "admin_email": admin_email}
     settings = parse_coop(load_config().get("coop"))
@@ -351,7 +294,7 @@ def monthly(
         for spec in hetzner:
             member = planned_member(spec.stack_name, spec.size, spec.app, spec.location, account)
             members = with_planned(members, member)
-        bill = _bill(members, False, None, False)
+        bill = pricing.bill(members, False, None, False)
     ids: list[str] = []
     reports = []
     for spec, _prov, outputs in targets:
