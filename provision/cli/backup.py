@@ -6,7 +6,6 @@ stack's server through the provider contract and runs them over SSH. No heavy im
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ import typer
 
 from provision.cli.options import Backend, Domain, Json, Provider, StackOpt, Yes
 from provision.cli.output import emit, note
-from provision.errors import Aborted, BackupError
+from provision.errors import Aborted
 
 HELP = """Backups of an instance: restic snapshots of its database, configuration and secrets (and media
 not in object storage), taken on the server by a systemd timer and sent to the stack's backups bucket.
@@ -58,12 +57,6 @@ def _target(stack: str | None, domain: str | None, provider: str | None, backend
     return name, prov, prov.outputs(name)
 
 
-def _access(outputs) -> Any:
-    if not outputs.access.address:
-        raise BackupError(f"stack {outputs.stack} has no running server to reach")
-    return outputs.access
-
-
 @backup_app.command("now")
 def now_cmd(
     domain: Domain = None,
@@ -77,7 +70,7 @@ def now_cmd(
 
     _, _, outputs = _target(stack, domain, provider, backend)
     note(f"backing up {outputs.stack} ...")
-    run = backup.backup_now(_access(outputs))
+    run = backup.backup_now(backup.reachable(outputs))
     human = (
         f"backup done at {run.last_backup}: snapshot {run.snapshot_id[:8]}, "
         f"read {backup.human_size(run.total_bytes)}, added {backup.human_size(run.data_added)}"
@@ -97,7 +90,7 @@ def status_cmd(
     from provision.lifecycle import backup
 
     _, _, outputs = _target(stack, domain, provider, backend)
-    st = backup.status(_access(outputs))
+    st = backup.status(backup.reachable(outputs))
     age = f"{st.age_hours} h ago" if st.age_hours is not None else "never"
     human = (
         f"last good backup: {st.last_backup or 'never'} ({age}); last run: {st.last_result or 'none yet'}; "
@@ -120,7 +113,7 @@ def list_cmd(
     from provision.lifecycle import backup
 
     _, _, outputs = _target(stack, domain, provider, backend)
-    snaps = backup.list_snapshots(_access(outputs))
+    snaps = backup.list_snapshots(backup.reachable(outputs))
     rows = [f"{'ID':<10} {'TIME':<20} {'SIZE':>10}  KIND       HOST"]
     for s in snaps:
         rows.append(
@@ -151,7 +144,7 @@ def verify_cmd(
     from provision.lifecycle import backup
 
     _, _, outputs = _target(stack, domain, provider, backend)
-    report = backup.verify(_access(outputs), snapshot)
+    report = backup.verify(backup.reachable(outputs), snapshot)
     lines = [
         f"snapshot {report['snapshot'][:8]} ({report['snapshot_time'][:19]}), {_why(report)}: "
         f"{report['tables']} tables, {report['rows_restored']} rows restored, {report['rows_live']} live"
@@ -200,7 +193,7 @@ def restore_cmd(
 
     From the stack's own backups by default; from another repository with --from-env FILE; onto
     another stack with --into STACK (from the backups of the stack --domain/--stack names)."""
-    from provision.lifecycle import backup
+    from provision.lifecycle import backup, restore
 
     if into is not None:
         target_name, target_prov, target = _target(into, None, provider, backend, hold="fedi backup restore")
@@ -210,36 +203,29 @@ def restore_cmd(
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
     elif into is not None:
-        source_env, source, old_secrets, source_domain = _source_env(stack, domain, provider, backend, target)
-        target_domain = target.extra.get("domain") or ""
-        if source_domain and target_domain and source_domain != target_domain:
-            note(
-                f"warning: {source} serves {source_domain}, {target_name} serves {target_domain}. The restored "
-                f"accounts and posts keep their {source_domain} addresses: Fediverse software cannot move an "
-                "instance to another domain. To move the server, keep the domain and point it at the new one."
-            )
+        name, prov, outputs = _target(stack, domain, provider, backend)
+        source_env, source, old_secrets, source_domain = restore.source_env(name, prov, outputs, target)
+        warning = restore.domain_warning(source, source_domain, target_name, target.extra.get("domain") or "")
+        if warning:
+            note(warning)
     _confirm(
         f"Replace the live database and configuration of {target_name} with snapshot {snapshot} of {source}"
         f"{' (after a safety snapshot)' if safety else ''}?",
         yes,
     )
-    if source_env is None:
-        result = backup.restore(_access(target), snapshot, safety=safety)
-    else:
-        result = backup.restore_from(_access(target), source_env, snapshot, safety=safety)
-    if from_env is not None and result.get("config"):
-        # Another repository (this computer may be new): the old secrets come from the restored bundle.
-        old_secrets = backup.read_restored_secrets(_access(target))
-        if old_secrets is None:
-            note(
-                f"warning: snapshot {result['snapshot'][:8]} holds no secrets.json: {target_name} keeps its own "
-                "app secrets, so a later `fedi up` would replace the restored configuration's"
-            )
-    if old_secrets is not None:
-        # The restored data needs the old secrets: the new stack keeps them, so a later `fedi up` of it
-        # renders the same configuration the restore brought back.
-        target_prov.adopt_secrets(target_name, old_secrets)
-        note(f"{target_name} now keeps the app secrets of {source} (its own SSH keys stay)")
+    result, notes = restore.restore(
+        target_name,
+        target_prov,
+        target,
+        snapshot,
+        source=source,
+        env=source_env,
+        old_secrets=old_secrets,
+        from_env_file=from_env is not None,
+        safety=safety,
+    )
+    for line in notes:
+        note(line)
     emit(
         result,
         as_json,
@@ -264,39 +250,9 @@ def env_cmd(
     from provision.paths import write_private
 
     _, _, outputs = _target(stack, domain, provider, backend)
-    text = backup.read_server_env(_access(outputs))
+    text = backup.read_server_env(backup.reachable(outputs))
     write_private(out, text)
     note(f"wrote {out} (0600). It holds the repository password: store it somewhere safe, offline.")
-
-
-def _source_env(
-    stack: str | None, domain: str | None, provider: str | None, backend: str | None, target
-) -> tuple[str, str, dict[str, str], str]:
-    """The repository settings of the stack the flags name (the old one), a label, its secrets and domain."""
-    from provision.lifecycle import backup
-    from provision.lifecycle.stack import spec_of_outputs
-
-    name, prov, outputs = _target(stack, domain, provider, backend)
-    spec = spec_of_outputs(outputs)
-    if spec is None:
-        raise BackupError(f"stack {name}: its outputs do not say what it runs", hint="use --from-env FILE")
-    secrets = prov.stored_secrets(name)  # read only: naming a stack never creates one
-    if outputs.storage is not None:
-        return backup.repository_env(secrets["restic_password"], outputs.storage), f"stack {name}", secrets, spec.domain
-    # No backups bucket (local provider): the repository lives in the old machine's backups directory on
-    # this computer. Copy it next to the new machine's backups, where that machine sees it.
-    old_dir = Path(outputs.extra.get("backups") or "") / "restic"
-    new_dir = Path(target.extra.get("backups") or "")
-    if not old_dir.is_dir() or not new_dir.is_dir():
-        raise BackupError(
-            f"stack {name} keeps its backups on its own disk and they are not reachable here",
-            hint="restore with --from-env from a stack that has a backups bucket",
-        )
-    copy = new_dir / f"from-{name}"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(old_dir, copy, symlinks=True)
-    env = backup.repository_env(secrets["restic_password"], None, f"/var/backups/fedi/{copy.name}")
-    return env, f"stack {name}", secrets, spec.domain
 
 
 def _confirm(question: str, yes: bool) -> None:

@@ -334,6 +334,13 @@ def list_snapshots(access: HostAccess, runner: Runner | None = None) -> list[Sna
     return parse_snapshots(out)
 
 
+def reachable(outputs: Any) -> HostAccess:
+    """The stack's SSH access; BackupError when it has no running server."""
+    if not outputs.access.address:
+        raise BackupError(f"stack {outputs.stack} has no running server to reach")
+    return outputs.access
+
+
 def status(access: HostAccess, runner: Runner | None = None) -> BackupStatus:
     """For `fedi status` and `fedi backup status`: the age of the last good backup and the unit's state."""
     runner = runner or default_runner
