@@ -39,8 +39,7 @@ def _target(stack, domain, provider, backend, command: str):
 def _software(outputs) -> str:
     from provision import apps
 
-    software = outputs.extra.get("software", "")
-    return apps.app_name(software)
+    return apps.app_name(outputs.extra.get("software", ""))
 
 
 def _apply(prov, name, outputs, records, what: str, *, record_first: bool) -> None:
