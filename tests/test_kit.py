@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.access import kit
+from provision.access import age, handover, kit
 from provision.cli import app as cli
-from provision.cli import kit as cli_kit
 from provision.lifecycle.backup import parse_env
 from provision.providers.local.provider import LocalProvider
 from provision.spec import build_spec
@@ -62,9 +61,9 @@ def age_calls(monkeypatch):
 
     def run(argv, data):
         calls.append(argv)
-        return cli_kit._run(argv, data)
+        return age._run(argv, data)
 
-    monkeypatch.setattr(cli_kit, "RUN", run)
+    monkeypatch.setattr(age, "RUN", run)
     return calls
 
 
@@ -153,7 +152,7 @@ def test_threshold_one_share_alone_reveals_nothing_two_open_it(local_stack, tmp_
     assert len(files) == 3
 
     # What one trustee can read alone: a share and the sealed payload, nothing of the instance.
-    share = kit.read_file(cli_kit.decrypt(files[0].read_bytes(), keys[0][0], "f"), "f")
+    share = kit.read_file(age.decrypt(files[0].read_bytes(), keys[0][0], "f"), "f")
     assert set(share) == {"fedi_kit", "stack", "threshold", "trustees", "share", "sealed"}
     text = json.dumps(share)
     assert all(v not in text for v in (secrets["restic_password"], secrets["ssh_client_key"], DOMAIN))
@@ -225,7 +224,7 @@ def test_a_hetzner_kit_opened_sets_the_passphrase_and_the_backend_keys(tmp_path,
         backend_env={"AWS_ACCESS_KEY_ID": "AKSTATE", "AWS_SECRET_ACCESS_KEY": "SKSTATE"},
     )
     assert ". ~/.local/state/fedi/kits/social-example-org/backend.env" in payload["steps"]
-    saved = cli_kit.install(payload)
+    saved = handover.install(payload)
     from provision.lifecycle.backup import parse_env
     from provision.state import passphrase
 
@@ -238,5 +237,5 @@ def test_a_hetzner_kit_opened_sets_the_passphrase_and_the_backend_keys(tmp_path,
     # Another stack's kit with another passphrase is refused on this computer, nothing written.
     other = {**payload, "stack": "other", "state": {**payload["state"], "passphrase": "another"}}
     with pytest.raises(Exception, match="state passphrase is not the one"):
-        cli_kit.install(other)
+        handover.install(other)
     assert not (tmp_path / "new" / "fedi_state_dir" / "kits" / "other").exists()

@@ -85,6 +85,10 @@ class LocalProvider(Provider):
     def _doc(self, stack: str) -> dict[str, Any]:
         return self._store().load(stack)
 
+    def state_document(self, stack: str) -> dict[str, Any]:
+        """The stack's whole state (as a recovery kit carries it to another computer). Reads only."""
+        return self._doc(stack)
+
     # -- before anything is created --
 
     def missing_tools(self) -> list[str]:
