@@ -27,7 +27,8 @@ that bucket for its whole run (stacklock takes it, right after its own lock):
 Credentials are the ones Pulumi's s3 backend reads: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
 AWS_SESSION_TOKEN; the region from the URL's ``region=`` or AWS_REGION / AWS_DEFAULT_REGION; the
 endpoint from the URL's ``endpoint=`` (``disableSSL=true`` or ``disable_https=true`` for plain http) or
-AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. They go into signed headers only, never argv or output.
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS (path-style requests). Profiles in ~/.aws are not read.
+The keys go into signed headers only, never argv, output or the lock object.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def state_bucket(url: str, env: dict[str, str] | os._Environ[str] = os.environ) 
     if not key or not secret:
         raise MissingPrerequisite(
             f"the state backend {where} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to lock a stack "
-            "(the keys Pulumi's s3 backend reads): export them"
+            "(the keys Pulumi's s3 backend reads; fedi does not read ~/.aws profiles): export them"
         )
     bucket = Bucket(endpoint, region, parts.netloc, key, secret, env.get("AWS_SESSION_TOKEN", ""))
     return StateBucket(bucket, parts.path.strip("/"), where)

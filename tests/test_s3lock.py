@@ -343,3 +343,22 @@ def test_the_backend_url_and_the_environment_name_the_bucket(monkeypatch) -> Non
         s3lock.state_bucket("s3://coop-state/fedi", {})
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in missing.value.line()
     assert not s3lock.shared(None) and not s3lock.shared("file:///x") and s3lock.shared("s3://b/p")
+
+
+def test_up_in_the_shared_backend_is_refused_while_another_computer_changes_the_stack(
+    stack_in_shared_backend, tmp_path
+) -> None:
+    from provision import lifecycle
+    from provision.providers.hetzner import HetznerProvider
+    from tests.stack_fixtures import spec_of
+
+    backend, s3, engine = stack_in_shared_backend
+    before = _state(tmp_path / "shared-state")
+    other = OtherComputer(tmp_path, backend, command="fedi resize")
+    try:
+        with pytest.raises(StackBusy) as refused:
+            lifecycle.up(spec_of(domain="social.example.org"), HetznerProvider(engine=engine, backend=backend), print)
+    finally:
+        assert other.end() == 0
+    assert refused.value.line().startswith(f"stack {STACK} is busy: `fedi resize` by ")
+    assert _state(tmp_path / "shared-state") == before
