@@ -140,6 +140,8 @@ class _Lease:
             self.renewals += 1
             try:
                 etag = s3.put(self.key, _record(self.me, self.token, self.renewals), if_match=self.etag)
+                if etag is None:
+                    etag = self._still_mine(s3)  # a renewal whose answer was lost on the way changed the ETag
             except FediError as failed:
                 self.note(f"stack {self.stack}: could not renew its lock in {self.where.url}: {failed.line()}")
                 continue
@@ -152,13 +154,27 @@ class _Lease:
                 return
             self.etag = etag
 
+    def _still_mine(self, s3: S3) -> str | None:
+        """The lock object's ETag if it still holds this run's token, else None."""
+        found = s3.get(self.key)
+        if found is None:
+            return None
+        try:
+            return found[1] if json.loads(found[0]).get("token") == self.token else None
+        except (ValueError, AttributeError):
+            return None
+
     def release(self) -> None:
         self.stop.set()
         self.thread.join(timeout=90)  # at most one renewal in flight (bounded by the client's timeouts)
         if self.lost:
             return
         try:
-            S3(self.where.bucket).delete(self.key, if_match=self.etag)
+            s3 = S3(self.where.bucket)
+            if not s3.delete(self.key, if_match=self.etag):
+                etag = self._still_mine(s3)
+                if etag is not None:
+                    s3.delete(self.key, if_match=etag)
         except FediError as failed:
             self.note(
                 f"stack {self.stack}: could not release its lock in {self.where.url} ({failed.line()}); "

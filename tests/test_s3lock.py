@@ -362,3 +362,32 @@ def test_up_in_the_shared_backend_is_refused_while_another_computer_changes_the_
         assert other.end() == 0
     assert refused.value.line().startswith(f"stack {STACK} is busy: `fedi resize` by ")
     assert _state(tmp_path / "shared-state") == before
+
+
+def test_a_holder_that_was_taken_over_says_so_and_leaves_the_new_lock_alone(shared, tmp_path) -> None:
+    """A holder frozen past its lease (SIGSTOP: a laptop put to sleep) is taken over; when it wakes,
+    its renewal fails, it says so in one line, and its release does not remove the new holder's lock."""
+    backend, s3 = shared
+    other = OtherComputer(tmp_path, backend, lease=1)
+    other.proc.send_signal(signal.SIGSTOP)
+    notes: list[str] = []
+    try:
+        for _ in range(100):  # bounded: about 10 s
+            try:
+                taken = s3lock.hold(backend, STACK, stacklock._me("fedi up"), note=notes.append)
+                taken.__enter__()
+                break
+            except StackBusy:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the frozen holder's lock was never taken over")
+        assert len(notes) == 1 and "took over a stale lock" in notes[0]
+        mine = json.loads(s3.get(KEY)[0])
+        other.proc.send_signal(signal.SIGCONT)
+        assert other.proc.stderr.readline().startswith(f"fedi: stack {STACK}: another run took over this run's lock")
+        assert other.end() == 0
+        assert json.loads(s3.get(KEY)[0])["token"] == mine["token"]  # still this run's
+    finally:
+        other.proc.send_signal(signal.SIGCONT)
+    taken.__exit__(None, None, None)
+    assert s3.get(KEY) is None
