@@ -162,7 +162,7 @@ def test_a_live_holder_renews_its_lease_and_is_never_taken_over(shared, tmp_path
     other = OtherComputer(tmp_path, backend, lease=2)  # renews every 0.5 s
     try:
         first = s3.get(KEY)[1]
-        for _ in range(12):  # three times its lease: every attempt is refused
+        for _ in range(7):  # 3.5 s, past its lease: every attempt is refused
             with pytest.raises(StackBusy), stacklock.hold(STACK, "fedi down", backend):
                 pass
             time.sleep(0.5)
@@ -178,12 +178,12 @@ import os, sys, time
 from provision import stacklock
 from provision.errors import StackBusy
 marker, backend, held = sys.argv[1], sys.argv[2], 0
-for _ in range(12):
+for _ in range(8):
     try:
         with stacklock.hold("contended", "fedi up", backend):
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another holder is inside
             os.close(fd)
-            time.sleep(0.1)  # a change takes a while: a second holder would find the marker
+            time.sleep(0.05)  # a change takes a while: a second holder would find the marker
             os.unlink(marker)
             held += 1
     except StackBusy:
