@@ -343,14 +343,14 @@ def spec_of_outputs(outputs: StackOutputs, config: dict[str, Any] | None = None)
 
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
+    if spec.smtp:
+        spec.smtp.password()  # the re-rendered bundle needs it: refused before the stack is locked or changed
     with stacklock.hold(spec.stack_name, "fedi resize", provider.backend):
         return _resize(spec, provider, progress, steps=steps)
 
 
 def _resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps) -> Result:
     started = time.monotonic()
-    if spec.smtp:
-        spec.smtp.password()  # the re-rendered bundle needs it: refused before the server changes
     provider.preflight(spec)
     current = provider.outputs(spec.stack_name)
     old_size = current.extra.get("size") or spec.size
