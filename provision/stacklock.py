@@ -2,9 +2,9 @@
 
 Every command that changes a stack (up, resize, down, backup restore, admins add/remove; sweep and smoke
 through the same lifecycle functions) holds the stack's lock for its whole run; for a stack kept in a
-shared s3:// state backend, also the lock object in that bucket (provision/s3lock.py). A second one is refused at once
-with one line that says who holds the lock and since when (:class:`StackBusy`, exit code 10);
-read-only commands (status, stacks, cost, backup list) never take it.
+shared s3:// state backend, also the lock object in that bucket (provision/s3lock.py). A second one is
+refused at once with one line that says who holds the lock and since when (:class:`StackBusy`, exit
+code 10); read-only commands (status, stacks, cost, backup list) never take it.
 
 The lock is ``flock(2)`` on ``<state dir>/locks/<stack>.lock`` (0600): the kernel releases it when
 the holder exits, however it exits (Ctrl-C, a crash, SIGKILL), so there is no stale lock to clear.
