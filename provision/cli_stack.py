@@ -70,13 +70,14 @@ def progress_printer():
     return progress
 
 
-def hold_stack(name: str, command: str) -> None:
-    """Hold the stack's lock until the command ends (StackBusy at once if another run changes it)."""
+def hold_stack(name: str, command: str, prov: Any) -> None:
+    """Hold the stack's lock until the command ends (StackBusy at once if another run changes it); in a
+    shared s3:// backend, the lock there too."""
     from typer._click.globals import get_current_context  # typer vendors click (see provision/cli.py)
 
     from provision import stacklock
 
-    get_current_context().with_resource(stacklock.hold(name, command))  # released when the command ends
+    get_current_context().with_resource(stacklock.hold(name, command, prov.backend))  # released when the command ends
 
 
 def ephemeral_domain(domain: str) -> str:
@@ -358,7 +359,7 @@ def resize_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the resize
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    hold_stack(name, "fedi resize")  # before the question: a busy stack is refused at once
+    hold_stack(name, "fedi resize", prov)  # before the question: a busy stack is refused at once
     current = prov.outputs(name)
     spec = lifecycle.spec_of_outputs(current, config)
     if spec is None:
@@ -400,7 +401,7 @@ def down_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the destroy
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    hold_stack(name, "fedi down")  # before the question: a busy stack is refused at once
+    hold_stack(name, "fedi down", prov)  # before the question: a busy stack is refused at once
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
     if outputs.extra.get("production"):

@@ -71,6 +71,6 @@ class Aborted(FediError):
 
 
 class StackBusy(FediError):
-    """Another fedi run is changing the same stack (provision/stacklock.py)."""
+    """Another fedi run is changing the same stack (provision/stacklock.py; across computers, provision/s3lock.py)."""
 
     exit_code = 10

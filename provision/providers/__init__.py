@@ -53,6 +53,7 @@ class StackSummary:
 
 class Provider(Protocol):
     name: str
+    backend: str | None  # the state backend URL; an s3:// one is shared, and locked there (provision/s3lock.py)
 
     def preflight(self, spec: InstanceSpec) -> None:
         """Raise MissingPrerequisite (one clear line) for anything missing; create nothing."""
