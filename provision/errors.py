@@ -71,6 +71,7 @@ class Aborted(FediError):
 
 
 class StackBusy(FediError):
-    """Another fedi run is changing the same stack (provision/lifecycle/stacklock.py)."""
+    """Another fedi run is changing the same stack (provision/lifecycle/stacklock.py; across computers,
+    provision/lifecycle/s3lock.py)."""
 
     exit_code = 10

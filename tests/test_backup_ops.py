@@ -246,6 +246,7 @@ def test_restore_from_another_repository_removes_the_settings_afterwards(world):
 
 class OneStackProvider:
     name = "local"
+    backend = None  # its state stays on this computer
 
     def __init__(self, outputs: StackOutputs):
         self._outputs = outputs

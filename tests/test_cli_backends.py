@@ -86,3 +86,29 @@ def test_coop_monthly_reaches_the_stack_by_flag_and_by_fedi_toml(backends, tmp_p
     code, out, err = _run(capsys, "coop", "monthly", "--no-announce", "--domain", DOMAIN, "--json")
     assert code == 0, err
     assert json.loads(out)["stacks"][0]["domain"] == DOMAIN
+
+
+def test_backup_list_reaches_the_stack_in_the_coops_backend_and_reading_creates_nothing(backends, monkeypatch, capsys):
+    reached = []
+    snapshot = {"id": "ab" * 32, "short_id": "abababab", "time": "2026-12-05T06:00:00Z", "hostname": "h",
+                "tags": ["fedi", "scheduled"], "size_bytes": 1024}  # fmt: skip
+
+    def runner(access, argv):
+        reached.append(access.address)
+        return 0, json.dumps([snapshot]), ""
+
+    monkeypatch.setattr(backup, "default_runner", runner)
+    before = {key: engine.stack_names() for key, engine in backends.items()}
+    code, out, err = _run(capsys, "backup", "list", "--domain", DOMAIN, "--backend", COOP, "--json")
+    assert code == 0, err
+    assert [s["short_id"] for s in json.loads(out)] == ["abababab"]
+    assert reached == [backends[COOP].outputs("social-example-org")["ipv4"]]
+
+    for argv in (["backup", "list"], ["backup", "status"], ["status"]):  # the default backend: not there
+        code, _, err = _run(capsys, *argv, "--domain", "other.example.org", "--backend", COOP)
+        assert code == 4, err
+        code, _, err = _run(capsys, *argv, "--domain", DOMAIN)
+        assert code == 4, err
+    after = {key: engine.stack_names() for key, engine in backends.items()}
+    assert after == {**before, None: []}  # looking created no stack in either backend
+    assert after[COOP] == ["social-example-org"]

@@ -32,7 +32,7 @@ def _target(stack, domain, provider, backend, command: str):
 
     name, prov = resolve(stack, domain, provider, backend)
     outputs = prov.outputs(name)
-    hold_stack(name, command)
+    hold_stack(name, command, prov)
     return name, prov, outputs, admins.from_records(outputs.extra.get("admins"))
 
 

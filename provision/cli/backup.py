@@ -53,7 +53,7 @@ def _target(stack: str | None, domain: str | None, provider: str | None, backend
 
     name, prov = resolve(stack, domain, provider, backend)
     if hold:
-        hold_stack(name, hold)
+        hold_stack(name, hold, prov)
     return name, prov, prov.outputs(name)
 
 

@@ -275,7 +275,7 @@ def resize_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the resize
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    hold_stack(name, "fedi resize")  # before the question: a busy stack is refused at once
+    hold_stack(name, "fedi resize", prov)  # before the question: a busy stack is refused at once
     spec, new_spec, difference = lifecycle.resize_target(name, prov, size, config)
     note(f"{name}: {spec.size} -> {size}. The server is powered off while its type changes (about 1-3 minutes).")
     if difference:
@@ -309,7 +309,7 @@ def down_cmd(
     config = load_config()  # every section validated: its [hooks] and [coop] hear of the destroy
     name, prov = resolve(stack, domain, provider, backend)
     flush_outbox()
-    hold_stack(name, "fedi down")  # before the question: a busy stack is refused at once
+    hold_stack(name, "fedi down", prov)  # before the question: a busy stack is refused at once
     outputs = prov.outputs(name)
     target = outputs.extra.get("domain") or name
     if outputs.extra.get("production"):

@@ -41,13 +41,14 @@ def resolve(
     return stack_name(stack, domain, prov), prov
 
 
-def hold_stack(name: str, command: str) -> None:
-    """Hold the stack's lock until the command ends (StackBusy at once if another run changes it)."""
+def hold_stack(name: str, command: str, prov: Any) -> None:
+    """Hold the stack's lock until the command ends (StackBusy at once if another run changes it); in a
+    shared s3:// backend, the lock there too."""
     from typer._click.globals import get_current_context  # typer vendors click (see provision/cli/app.py)
 
     from provision.lifecycle import stacklock
 
-    get_current_context().with_resource(stacklock.hold(name, command))  # released when the command ends
+    get_current_context().with_resource(stacklock.hold(name, command, prov.backend))  # released when the command ends
 
 
 def ephemeral_domain(domain: str) -> str:

@@ -228,7 +228,7 @@ def up(
         spec.smtp.password()  # [smtp] without its password: refused before anything is created
     provider.preflight(spec)
     spec = names.settle(spec, provider)
-    with stacklock.hold(spec.stack_name, "fedi up"):
+    with stacklock.hold(spec.stack_name, "fedi up", provider.backend):
         return _up(spec, provider, progress, confirm=confirm, steps=steps, started=started, new_backups=new_backups)
 
 
@@ -356,14 +356,14 @@ def resize_target(
 
 def resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps = Steps()) -> Result:
     """Change the size in place: server type, volume (grow only), then re-tune Postgres and the app."""
-    with stacklock.hold(spec.stack_name, "fedi resize"):
+    if spec.smtp:
+        spec.smtp.password()  # the re-rendered bundle needs it: refused before the stack is locked or changed
+    with stacklock.hold(spec.stack_name, "fedi resize", provider.backend):
         return _resize(spec, provider, progress, steps=steps)
 
 
 def _resize(spec: InstanceSpec, provider: Provider, progress: Progress, *, steps: Steps) -> Result:
     started = time.monotonic()
-    if spec.smtp:
-        spec.smtp.password()  # the re-rendered bundle needs it: refused before the server changes
     provider.preflight(spec)
     current = provider.outputs(spec.stack_name)
     old_size = current.extra.get("size") or spec.size
@@ -398,7 +398,7 @@ def down(
     """Destroy a stack: pre-destroy backup, provider.down, billing event. Confirmation is the CLI's job.
 
     ``config`` is the operator's fedi.toml: its [hooks] and [coop] hear of the destroy."""
-    with stacklock.hold(stack, "fedi down"):
+    with stacklock.hold(stack, "fedi down", provider.backend):
         return _down(
             stack,
             provider,

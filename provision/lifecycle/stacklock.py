@@ -1,9 +1,10 @@
 """One change to a stack at a time on this computer.
 
-Every command that changes a stack (up, resize, down, backup restore; sweep and smoke through the
-same lifecycle functions) holds the stack's lock for its whole run. A second one is refused at once
-with one line that says who holds the lock and since when (:class:`StackBusy`, exit code 10);
-read-only commands (status, stacks, cost, backup list) never take it.
+Every command that changes a stack (up, resize, down, backup restore, admins add/remove; sweep and smoke
+through the same lifecycle functions) holds the stack's lock for its whole run; for a stack kept in a
+shared s3:// state backend, also the lock object in that bucket (provision/lifecycle/s3lock.py). A second one is
+refused at once with one line that says who holds the lock and since when (:class:`StackBusy`, exit
+code 10); read-only commands (status, stacks, cost, backup list) never take it.
 
 The lock is ``flock(2)`` on ``<state dir>/locks/<stack>.lock`` (0600): the kernel releases it when
 the holder exits, however it exits (Ctrl-C, a crash, SIGKILL), so there is no stale lock to clear.
@@ -24,26 +25,12 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from provision import paths
 from provision.errors import StackBusy
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a stack's lock (written into the lock file, read by the one refused)."""
-
-    user: str  # login name of the holder
-    host: str  # this computer's host name
-    pid: int  # the holder's process id
-    command: str  # what it is doing: "fedi up", "fedi backup restore", ...
-    since: str  # when it took the lock, UTC, ISO 8601 ("2026-12-05T07:55:02Z")
-
-    def line(self) -> str:
-        return f"`{self.command}` by {self.user}@{self.host} (pid {self.pid}) since {self.since}"
-
+from provision.lifecycle.holder import Holder
 
 _held: dict[str, Holder] = {}  # the stacks this process holds, for nesting
 
@@ -99,8 +86,11 @@ def _open_locked(path: Path, stack: str) -> int:
 
 
 @contextlib.contextmanager
-def hold(stack: str, command: str) -> Iterator[Holder]:
-    """Hold ``stack``'s lock for the block; :class:`StackBusy` at once if another run holds it."""
+def hold(stack: str, command: str, backend: str | None = None) -> Iterator[Holder]:
+    """Hold ``stack``'s lock for the block; :class:`StackBusy` at once if another run holds it.
+
+    With ``backend`` an s3:// state backend other computers share, the run also holds the stack's lock
+    object in that bucket (provision/lifecycle/s3lock.py), so a run on another computer is refused the same way."""
     if stack in _held:  # this process holds it already (the CLI, then the lifecycle function)
         yield _held[stack]
         return
@@ -112,7 +102,8 @@ def hold(stack: str, command: str) -> Iterator[Holder]:
         os.pwrite(fd, json.dumps(asdict(me)).encode(), 0)
         _held[stack] = me
         try:
-            yield me
+            with _shared_lock(backend, stack, me):
+                yield me
         finally:
             del _held[stack]
             path.unlink(missing_ok=True)  # still locked: a taker that opened it meanwhile starts over
@@ -120,3 +111,9 @@ def hold(stack: str, command: str) -> Iterator[Holder]:
                 path.parent.rmdir()
     finally:
         os.close(fd)  # releases the lock
+
+
+def _shared_lock(backend: str | None, stack: str, me: Holder) -> contextlib.AbstractContextManager[None]:
+    from provision.lifecycle import s3lock
+
+    return s3lock.hold(backend, stack, me) if backend and s3lock.shared(backend) else contextlib.nullcontext()

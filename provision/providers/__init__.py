@@ -56,6 +56,9 @@ class Provider(ABC):
     """What every provider implements, with these exact signatures (a missing method fails at construction)."""
 
     name: str
+    backend: (
+        str | None
+    )  # the state backend URL; an s3:// one is shared, and locked there (provision/lifecycle/s3lock.py)
 
     @abstractmethod
     def preflight(self, spec: InstanceSpec) -> None:

@@ -131,6 +131,8 @@ class HetznerProvider(Provider):
             from provision.providers.hetzner.engine import PulumiEngine
 
             engine = PulumiEngine(backend)
+            backend = engine.backend
+        self.backend = backend  # the state backend URL (None: the given engine's own, e.g. the offline one)
         self.engine = engine
         self.exists = exists  # server id -> does Hetzner still have it (None: ask its API; offline: never)
         self.s3 = s3  # s3.Bucket -> client (None: Object Storage itself; offline: never asked)

@@ -3,7 +3,8 @@ a bucket, and move one aside. Path-style requests over httpx, signed with AWS Si
 (the standard HMAC-SHA256 request signing every S3 implementation checks; no cryptography of our own).
 
 Pulumi creates and deletes the buckets; the server's restic reads and writes the repository. This is
-only for `fedi up`, which must find an earlier stack's repository before it creates anything.
+for `fedi up`, which must find an earlier stack's repository before it creates anything, and for the
+lock a change to a stack takes in a shared s3:// state backend (provision/s3lock.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class Bucket:
     name: str
     access_key: str = ""
     secret_key: str = ""
+    session_token: str = ""  # temporary credentials (AWS_SESSION_TOKEN): sent signed, never logged
 
     def __repr__(self) -> str:  # never the keys
         return f"Bucket({self.endpoint!r}, {self.name!r})"
@@ -97,14 +99,22 @@ class S3:
         self.bucket = bucket
         self.client = client or httpx.Client(timeout=30.0)
 
-    def _request(self, method: str, key: str = "", query: str = "", headers: dict[str, str] | None = None):
+    def _request(
+        self, method: str, key: str = "", query: str = "", headers: dict[str, str] | None = None, content: bytes = b""
+    ):
         import httpx
 
         url = self.bucket.url(key, query)
         b = self.bucket
-        signed = sign(method, url, headers or {}, access_key=b.access_key, secret_key=b.secret_key, region=b.region)
+        headers = dict(headers or {})
+        if b.session_token:
+            headers["x-amz-security-token"] = b.session_token
+        digest = hashlib.sha256(content).hexdigest()
+        signed = sign(
+            method, url, headers, access_key=b.access_key, secret_key=b.secret_key, region=b.region, payload_hash=digest
+        )
         try:
-            return self.client.request(method, url, headers=signed)
+            return self.client.request(method, url, headers=signed, content=content or None)
         except httpx.HTTPError as exc:
             raise ProvisionError(f"cannot reach the object storage at {b.endpoint}: {exc}") from None
 
@@ -148,10 +158,49 @@ class S3:
         if reply.status_code != 200 or b"<Error>" in reply.content:
             raise self._fail(f"copying {source}", reply)
 
-    def delete(self, key: str) -> None:
-        reply = self._request("DELETE", key)
+    def delete(self, key: str, *, if_match: str = "") -> bool:
+        """Delete ``key``; with ``if_match``, only while its ETag is that one (False when it is not)."""
+        reply = self._request("DELETE", key, headers={"If-Match": if_match} if if_match else None)
+        if if_match and reply.status_code in (409, 412):
+            return False
         if reply.status_code not in (200, 204):
             raise self._fail(f"deleting {key}", reply)
+        return True
+
+    def put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str = "") -> str | None:
+        """Write ``key``; the new ETag, or None when the condition did not hold (``If-None-Match: *``: the
+        key exists; ``If-Match``: its ETag is another one). 409 is S3's answer to a concurrent conditional
+        write, which lost too. A store that rejects the condition headers (501) cannot lock."""
+        headers = {"content-type": "application/json"}
+        if if_none_match:
+            headers["If-None-Match"] = "*"
+        if if_match:
+            headers["If-Match"] = if_match
+        reply = self._request("PUT", key, headers=headers, content=body)
+        if (if_none_match or if_match) and reply.status_code in (409, 412):
+            return None
+        if reply.status_code == 501:
+            raise ProvisionError(f"the object storage at {self.bucket.endpoint} does not implement conditional writes")
+        if reply.status_code != 200:
+            raise self._fail(f"writing {key}", reply)
+        return reply.headers.get("etag", "")
+
+    def get(self, key: str) -> tuple[bytes, str, float] | None:
+        """(content, ETag, seconds since it was last written by the store's own clock), or None if absent."""
+        from email.utils import parsedate_to_datetime
+
+        reply = self._request("GET", key)
+        if reply.status_code == 404:
+            return None
+        if reply.status_code != 200:
+            raise self._fail(f"reading {key}", reply)
+        try:
+            age = (
+                parsedate_to_datetime(reply.headers["date"]) - parsedate_to_datetime(reply.headers["last-modified"])
+            ).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            age = 0.0  # a store that does not say: never stale by its clock
+        return reply.content, reply.headers.get("etag", ""), age
 
     def move_prefix(self, keys: list[str], prefix: str) -> int:
         """Copy every key under ``prefix``, then delete the originals (never before all copies exist)."""

@@ -62,6 +62,7 @@ def trust_hint(stack: str, ca: Path) -> str:
 
 class LocalProvider(Provider):
     name = "local"
+    backend = None  # its state stays on this computer
 
     def __init__(
         self,
