@@ -49,19 +49,16 @@ def _server_facts(access: Any) -> tuple[str | None, Any, str, dict[str, Any] | N
     return schedule, st, "", record, verify_error
 
 
-def _funding(outputs: Any, cost: Any, backend: str | None) -> tuple[Any, str, str]:
-    """(DuesReport or None without [coop], the cost's basis, an error in [coop])."""
+def _funding(outputs: Any, cost: Any, backend: str | None) -> tuple[Any, str]:
+    """(DuesReport or None without [coop], the cost's basis)."""
     from provision.dues import compute_dues, parse_coop
     from provision.errors import FediError
     from provision.spec import load_config
 
-    raw = load_config().get("coop")
+    raw = load_config().get("coop")  # checked when read: a bad [coop] is one line before this
     if not raw:
-        return None, "", ""
-    try:
-        settings = parse_coop(raw)
-    except FediError as exc:
-        return None, "", exc.line()
+        return None, ""
+    settings = parse_coop(raw)
     basis, total = f"stack {outputs.stack}", cost
     if outputs.provider == "hetzner":  # the co-op's whole bill, as `fedi coop dues` figures it
         from provision.cli_coop import _account, _bill
@@ -72,9 +69,9 @@ def _funding(outputs: Any, cost: Any, backend: str | None) -> tuple[Any, str, st
             members = []
         if members:
             total, basis = _bill(members, False, None, False), f"the co-op's {len(members)} stack(s)"
-    if total is None:
-        return None, basis, "the stack's cost could not be figured"
-    return compute_dues(settings, total), basis, ""
+    if total is None:  # the stack's outputs do not say what it runs
+        return None, basis
+    return compute_dues(settings, total), basis
 
 
 def judge(name: str, prov: Any, backend: str | None, *, result: Any = None) -> Any:
@@ -87,13 +84,13 @@ def judge(name: str, prov: Any, backend: str | None, *, result: Any = None) -> A
     outputs = result.outputs
     flags = fix_flags(outputs, backend)
     schedule, st, backup_error, record, verify_error = _server_facts(outputs.access)
-    report, basis, coop_error = _funding(outputs, result.cost, backend)
+    report, basis = _funding(outputs, result.cost, backend)
     own = covenant.own_keys()
     items = (
         covenant.backups_item(schedule, st, flags, backup_error),
         covenant.access_item(outputs.extra.get("admins") or [], outputs.extra.get("kits") or [], own, flags),
         covenant.verify_item(record, time.time(), flags, verify_error),
-        covenant.funding_item(report, basis, coop_error),
+        covenant.funding_item(report, basis),
     )
     return covenant.Report(name, outputs.extra.get("domain") or "", items)
 

@@ -158,10 +158,9 @@ def verify_item(record: dict[str, Any] | None, now: float, flags: str, error: st
 COOP_HINT = "set [coop] dues, members and reserve_balance in fedi.toml (see the README's dues section)"
 
 
-def funding_item(report: Any, basis: str, error: str = "") -> Item:
-    """``report``: provision.dues.DuesReport of the co-op, or None without a [coop] table."""
-    if error:
-        return Item("funding", FAIL, f"[coop] in fedi.toml: {error}", "fix fedi.toml's [coop], then: fedi coop dues")
+def funding_item(report: Any, basis: str) -> Item:
+    """``report``: provision.dues.DuesReport of the co-op, or None without a [coop] table (fedi.toml's
+    [coop] is checked when the file is read: a bad one never gets here)."""
     if report is None:
         return Item("funding", NOT_CONFIGURED, f"no [coop] in fedi.toml: {COOP_HINT}")
     d = report.as_dict()
