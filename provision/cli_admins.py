@@ -37,10 +37,9 @@ def _target(stack, domain, provider, backend, command: str):
 
 
 def _software(outputs) -> str:
-    from provision.spec import APPS
+    from provision import apps
 
-    software = outputs.extra.get("software", "")
-    return APPS.get(software, software)
+    return apps.app_name(outputs.extra.get("software", ""))
 
 
 def _apply(prov, name, outputs, records, what: str, *, record_first: bool) -> None:

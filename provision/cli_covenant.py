@@ -37,9 +37,9 @@ def _server_facts(access: Any) -> tuple[str | None, Any, str, dict[str, Any] | N
         rc, schedule, err = backup.default_runner(access, backup.privileged(backup.schedule_argv(), access.user))
         if rc != 0:
             raise FediError(f"systemctl show failed: {err.strip()[:200]}")
+        rc, text, _ = backup.default_runner(access, backup.privileged(backup.last_verify_argv(), access.user))
     except FediError as exc:
         return None, None, exc.line(), None, exc.line()
-    rc, text, _ = backup.default_runner(access, backup.privileged(backup.last_verify_argv(), access.user))
     record, verify_error = None, ""
     if rc == 0 and text.strip():
         try:
