@@ -69,7 +69,7 @@ def _funding(outputs: Any, cost: Any, backend: str | None) -> tuple[Any, str]:
             members = []
         if members:
             total, basis = _bill(members, False, None, False), f"the co-op's {len(members)} stack(s)"
-    if total is None:  # the stack's outputs do not say what it runs
+    if total is None:  # the stack's outputs do not say what it runs: nothing to weigh the dues against
         return None, basis
     return compute_dues(settings, total), basis
 

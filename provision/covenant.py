@@ -161,6 +161,8 @@ COOP_HINT = "set [coop] dues, members and reserve_balance in fedi.toml (see the 
 def funding_item(report: Any, basis: str) -> Item:
     """``report``: provision.dues.DuesReport of the co-op, or None without a [coop] table (fedi.toml's
     [coop] is checked when the file is read: a bad one never gets here)."""
+    if report is None and basis:
+        return Item("funding", UNKNOWN, f"the cost of {basis} could not be figured", "fedi coop dues")
     if report is None:
         return Item("funding", NOT_CONFIGURED, f"no [coop] in fedi.toml: {COOP_HINT}")
     d = report.as_dict()

@@ -65,6 +65,8 @@ def test_funding_against_three_months():
     assert compute_dues(parse_coop({**short, "reserve_balance": 20}), cost).runway_months < Decimal(3)
     absent = covenant.funding_item(None, "")
     assert absent.state == "not configured" and not absent.failed and "set [coop] dues" in absent.detail
+    unknown = covenant.funding_item(None, "stack x")  # [coop] set, but the stack's cost is not known
+    assert unknown.failed and unknown.detail == "the cost of stack x could not be figured"
 
 
 # ---- through the CLI ------------------------------------------------------------------------------------
@@ -203,6 +205,14 @@ def test_a_stack_that_fails_one_item(world, capsys, what, key, detail, fix):
     assert [k for k, i in items.items() if i["failed"]] == [key], items
     assert detail in items[key]["detail"] and items[key]["fix"].startswith(fix)
     assert DOMAIN in items[key]["fix"] or key == "funding"
+
+
+def test_every_stack_without_a_name(world, capsys):
+    spec, prov, _, _ = world
+    add_admin(prov, spec)
+    rc = cli.main(["covenant", "--provider", "local", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and data["ok"] and [s["stack"] for s in data["stacks"]] == [spec.stack_name]
 
 
 def test_funding_not_configured_says_what_to_set_and_does_not_fail(world, capsys):
