@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from test_cli_backends import backends  # noqa: F401  (the offline Hetzner fixture)
 
 from provision import admins, backup, cli, covenant
 from provision.cost import monthly_cost
@@ -284,3 +285,33 @@ def test_status_says_plainly_that_the_instance_depends_on_one_person(world, caps
     rc = cli.main(["status", "--domain", DOMAIN, "--no-health", "--json"])
     data = json.loads(capsys.readouterr()[0])
     assert rc == 0 and data["depends_on_one_person"] is False
+
+
+def test_a_hetzner_stack_in_a_coops_backend_fails_on_funding_only(backends, monkeypatch, capsys, tmp_path):  # noqa: F811
+    """The offline Hetzner provider (the real stack program under Pulumi's mocks) in a co-op's backend: the
+    admins and the kit record live in the stack's config; funding weighs the co-op's whole bill."""
+    from test_cli_backends import COOP
+    from test_cli_backends import DOMAIN as HDOMAIN
+
+    server = Server()
+    monkeypatch.setattr(backup, "default_runner", server.run)
+    prov = cli_stack_make("hetzner", COOP)
+    name = "social-example-org"
+    prov.set_kits(name, [covenant.kit_record([f"age1{'q' * 58}"], 0, utc_iso(), set())])
+    (tmp_path / "fedi.toml").write_text(COOP_SHORT)
+    rc = cli.main(["covenant", "--domain", HDOMAIN, "--backend", COOP, "--json"])
+    (stack,) = json.loads(capsys.readouterr().out)["stacks"]
+    items = {i["key"]: i for i in stack["items"]}
+    assert rc == 11 and [k for k, i in items.items() if i["failed"]] == ["funding"], items
+    assert (
+        "the co-op's 1 stack(s)" in items["funding"]["detail"]
+        and "less than the 3 months" in items["funding"]["detail"]
+    )
+    assert "held by 1 trustee(s)" in items["emergency_access"]["detail"]
+    assert f"--backend {COOP}" in json.dumps(items) or all(not i["fix"] for k, i in items.items() if k != "funding")
+
+
+def cli_stack_make(name, backend):
+    from provision import cli_stack
+
+    return cli_stack.make_provider(name, backend)
