@@ -152,6 +152,7 @@ def _register_commands() -> None:
         "provision.cli_smoke",
         "provision.cli_kit",
         "provision.cli_admins",
+        "provision.cli_covenant",
     ):
         try:
             mod = importlib.import_module(module)

@@ -177,10 +177,20 @@ def export_cmd(
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path, data in files.items():  # every file encrypted before the first is written
         write_private(path, data)
+    _record(prov, name, recipients, threshold, payload["created"])
     rows = [{"file": str(p), "to": r} for p, r in zip(files, recipients, strict=True)]
     how = f"any {threshold} of the {len(recipients)} open it together" if threshold else "each opens it alone"
     human = "\n".join([f"wrote {r['file']} for {r['to'][:60]}" for r in rows] + [f"{name}: {how}"])
     emit({"stack": name, "threshold": threshold or 1, "files": rows}, as_json, human)
+
+
+def _record(prov: Any, name: str, recipients: list[str], threshold: int, exported: str) -> None:
+    """Keep with the stack that a kit went out (when, to which keys, threshold), as its admins are kept:
+    `fedi covenant` counts a kit held by someone other than the operator as emergency access."""
+    from provision.covenant import kit_record, own_keys
+
+    kept = list(prov.outputs(name).extra.get("kits") or [])
+    prov.set_kits(name, [*kept, kit_record(recipients, threshold, exported, own_keys())])
 
 
 @kit_app.command("open")

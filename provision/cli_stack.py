@@ -337,7 +337,30 @@ def status_cmd(
             data["backup"] = {**asdict(b), "ok": b.ok}
             lines.append(b.line())
     lines += [f"note: {n}" for n in result.notes]
+    lines += _covenant(name, prov, backend, result, data, server=not no_health)
     emit(data, as_json, "\n".join(lines))
+
+
+def _covenant(name: str, prov: Any, backend: str | None, result: Any, data: dict, *, server: bool) -> list[str]:
+    """The Covenant's checked promises (provision.covenant) under `fedi status`; without the server
+    (--no-health) only what the stack's record says: whether the instance depends on one person."""
+    from provision import covenant
+    from provision.cli_covenant import fix_flags, judge
+
+    if server:
+        report = judge(name, prov, backend, result=result)
+        data["covenant"] = report.as_dict()
+        lines = ["covenant:"] + ["  " + i.line() for i in report.items]
+        lines += [f"  not judged: {n}" for n in covenant.NOT_JUDGED]
+    else:
+        extra = result.outputs.extra
+        flags = fix_flags(result.outputs, backend)
+        item = covenant.access_item(extra.get("admins") or [], extra.get("kits") or [], covenant.own_keys(), flags)
+        report = covenant.Report(name, extra.get("domain") or "", (item,))
+        lines = []
+    alone = covenant.one_person(report)
+    data["depends_on_one_person"] = bool(alone)
+    return [*lines, alone] if alone else lines
 
 
 def resize_cmd(
