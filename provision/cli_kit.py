@@ -157,7 +157,7 @@ def export_cmd(
 ) -> None:
     """Write one file per trustee, each encrypted to that trustee's key, holding the recovery kit."""
     from provision import kit
-    from provision.cli_stack import resolve
+    from provision.cli_stack import hold_stack, resolve
     from provision.paths import write_private
 
     require_age()
@@ -167,6 +167,7 @@ def export_cmd(
     if threshold and not 2 <= threshold <= len(recipients):
         raise UsageError(f"--threshold {threshold}: needs 2 to {len(recipients)} (the number of --to keys)")
     name, prov = resolve(stack, domain, provider, backend)
+    hold_stack(name, "kit export", prov)  # its record is written with the stack, as `fedi admins` writes theirs
     payload = gather(name, prov, backend)
     plains = kit.share_files(payload, len(recipients), threshold) if threshold else [kit.single_file(payload)]
     plains = plains if threshold else plains * len(recipients)
