@@ -47,6 +47,8 @@ def test_commands_are_data():
     ]  # fmt: skip
     assert backup.install_source_env_argv()[-2:] == ["/dev/stdin", "/etc/fedi/restic-source.env"]
     assert backup.journal_argv()[:3] == ["journalctl", "-u", "fedi-backup.service"]
+    assert backup.last_verify_argv() == ["cat", "/var/lib/fedi/last-verify"]
+    assert backup.schedule_argv() == ["systemctl", "show", "fedi-backup.timer", "-p", "TimersCalendar", "--value"]
 
 
 def test_status_is_parsed_from_the_server_files():
@@ -154,6 +156,7 @@ class LocalServer:
             backup.SOURCE_ENV_FILE: str(self.source_env),
             backup.BUNDLE_SECRETS: str(self.host.bundle_dir / "secrets.json"),
             backup.MANUAL_MARK: str(self.host.state_dir / "backup-manual"),
+            backup.LAST_VERIFY: str(self.host.state_dir / "last-verify"),
         }
         return [mapping.get(a, a) for a in argv]
 
@@ -195,6 +198,17 @@ def test_now_list_verify_restore_through_provision_backup(world):
     assert not (host.state_dir / "backup-manual").exists()
     report = backup.verify(ACCESS, runner=server.run)
     assert report["ok"] and report["database"] == "opsdb"
+    # the server records the answer where every admin reads it (fedi covenant): when, which, SAME
+    rc, text, _ = server.run(ACCESS, backup.privileged(backup.last_verify_argv()))
+    record = json.loads(text)
+    assert rc == 0 and (record["snapshot"], record["result"], record["compared_with"]) == (
+        snap.id,
+        "SAME",
+        "newest-backup",
+    )
+    assert (
+        record["verified_at"].endswith("Z") and stat.S_IMODE((host.state_dir / "last-verify").stat().st_mode) == 0o644
+    )
     assert (report["snapshot"], report["compared_with"]) == (snap.id, "newest-backup")
     before = pg.psql("opsdb", FINGERPRINT)
     pg.psql("opsdb", "DELETE FROM media")

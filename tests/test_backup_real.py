@@ -138,6 +138,8 @@ def test_verify_reports_differences_and_leaves_live_data_alone(world):
     assert {d["table"] for d in report["differences"]} == {"public.accounts", "public.empty_table"}
     accounts = next(d for d in report["differences"] if d["table"] == "public.accounts")
     assert (accounts["live"], accounts["restored"]) == (501, 500)
+    record = json.loads((host.state_dir / "last-verify").read_text())  # a DIFFERENT answer is recorded too
+    assert (record["snapshot"], record["result"]) == (report["snapshot"], "DIFFERENT")
     after = pg.psql(
         "verifydb", FINGERPRINT.replace("UNION ALL SELECT 'empty_table', count(*), '' FROM empty_table", "")
     )

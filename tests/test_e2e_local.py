@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -298,6 +299,34 @@ def test_a_removed_admin_stays_refused_after_the_converge(here, admin_keys, capf
     assert _ssh_as(here, "alice", admin_keys["alice"], capfd) == (0, "alice\n0\n")
     runtime = json.loads(inside(here.stack, ["cat", "/opt/fedi/runtime.yml"]).stdout)
     assert [a["name"] for a in runtime["fedi_admins"]] == ["alice"]
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="age is not installed (scripts/test installs it)")
+def test_handing_the_instance_to_a_new_admin_as_the_readme_says(here, admin_keys, capfd, tmp_path, monkeypatch):
+    """The README's "Handing the instance to new admins", step by step: add dana, export a kit to dana,
+    back up and verify, remove the old admin (alice); the Covenant's access item then passes through dana."""
+    _first_app_only(here)
+    monkeypatch.chdir(tmp_path)  # no fedi.toml: funding is "not configured", which does not fail
+    dana = tmp_path / "dana"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dana", "-f", str(dana)], check=True)
+    where = ["--domain", here.domain]
+    assert cli.main(["admins", "add", "dana", "--ssh-key", f"{dana}.pub", *where]) == 0
+    assert cli.main(["kit", "export", *where, "--to", f"{dana}.pub", "--out", str(tmp_path / "kits")]) == 0
+    assert cli.main(["backup", "now", *where]) == 0
+    assert cli.main(["backup", "verify", *where]) == 0
+    assert cli.main(["admins", "remove", "alice", *where]) == 0
+    capfd.readouterr()
+    assert cli.main(["covenant", *where, "--json"]) == 0
+    (report,) = json.loads(capfd.readouterr().out)["stacks"]
+    items = {i["key"]: i for i in report["items"]}
+    assert items["emergency_access"]["state"] == "ok" and "dana" in items["emergency_access"]["detail"]
+    assert "alice" not in items["emergency_access"]["detail"]
+    # read from the machine itself: systemd's calendar of the backup timer, the verify the server recorded
+    assert items["backups"]["state"] == "ok" and "schedule *-*-* 03:30:00" in items["backups"]["detail"]
+    assert items["restore_verified"]["state"] == "ok" and "SAME" in items["restore_verified"]["detail"]
+    assert items["funding"]["state"] == "not configured"
+    assert _ssh_as(here, "dana", dana, capfd) == (0, "dana\n0\n")
+    assert _ssh_raw(here, "alice", admin_keys["alice"]) == 255
 
 
 def sh(stack: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

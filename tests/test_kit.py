@@ -239,3 +239,18 @@ def test_a_hetzner_kit_opened_sets_the_passphrase_and_the_backend_keys(tmp_path,
     with pytest.raises(Exception, match="state passphrase is not the one"):
         handover.install(other)
     assert not (tmp_path / "new" / "fedi_state_dir" / "kits" / "other").exists()
+
+
+def test_an_export_while_another_run_changes_the_stack_is_refused_and_writes_nothing(local_stack, tmp_path, capsys):
+    """The export records itself with the stack (as `fedi admins` does), so it holds the stack's lock."""
+    from test_stacklock import OtherRun
+
+    name, _ = local_stack
+    _, alice_pub = keypair(tmp_path, "alice")
+    other = OtherRun(name, "fedi down")
+    try:
+        rc, _, err = fedi(capsys, "kit", "export", "--domain", DOMAIN, "--to", alice_pub, "--out", tmp_path / "k")
+    finally:
+        other.end()
+    assert rc == 10 and err.startswith(f"fedi: stack {name} is busy: `fedi down` by ") and err.count("\n") == 1
+    assert not (tmp_path / "k").exists() and not LocalProvider().outputs(name).extra.get("kits")

@@ -205,3 +205,12 @@ def test_the_stack_keeps_its_admins(fedi_dirs):
     assert prov.outputs(spec.stack_name).extra["admins"] == records
     with pytest.raises(ProvisionError):
         prov.set_admins("no-such-stack", records)
+    kits = [
+        {"exported": "2026-12-06T00:00:00Z", "threshold": 1, "trustees": [{"fingerprint": "SHA256:y", "own": False}]}
+    ]
+    prov.set_kits(spec.stack_name, kits)
+    assert (
+        prov.outputs(spec.stack_name).extra["kits"] == kits and prov.outputs(spec.stack_name).extra["admins"] == records
+    )
+    with pytest.raises(ProvisionError):
+        prov.set_kits("no-such-stack", kits)

@@ -306,3 +306,10 @@ def test_the_stack_keeps_its_admins(hetzner):
     records = [{"name": "alice", "key": "ssh-ed25519 AAAA", "fingerprint": "SHA256:x"}]
     hetzner.set_admins(out.stack, records)
     assert hetzner.outputs(out.stack).extra["admins"] == records
+    # the record of exported recovery kits is kept the same way (`fedi kit export`, read by `fedi covenant`)
+    assert hetzner.outputs(out.stack).extra["kits"] == []
+    kits = [
+        {"exported": "2026-12-06T00:00:00Z", "threshold": 1, "trustees": [{"fingerprint": "SHA256:y", "own": False}]}
+    ]
+    hetzner.set_kits(out.stack, kits)
+    assert hetzner.outputs(out.stack).extra["kits"] == kits and hetzner.outputs(out.stack).extra["admins"] == records

@@ -110,3 +110,12 @@ def install(payload: dict[str, Any]) -> dict[str, Path]:
         saved["backend_env"] = where / "backend.env"
         paths.write_private(saved["backend_env"], render_env(state["backend_env"]))
     return saved
+
+
+def record_kit(prov: Any, name: str, recipients: list[str], threshold: int, exported: str) -> None:
+    """Keep with the stack that a kit went out (when, to which keys, threshold), as its admins are kept:
+    `fedi covenant` counts a kit held by someone other than the operator as emergency access."""
+    from provision.access.covenant import kit_record, own_keys
+
+    kept = list(prov.outputs(name).extra.get("kits") or [])
+    prov.set_kits(name, [*kept, kit_record(recipients, threshold, exported, own_keys())])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from typer._click.exceptions import ClickException
 
-from provision.cli import admins, backup, coop, kit, render, smoke, stack
+from provision.cli import admins, backup, coop, covenant, kit, render, smoke, stack
 from provision.cli.options import APP_NOTES
 from provision.errors import FediError
 
@@ -34,7 +34,7 @@ def _root() -> None:
 
 
 # Every command group, registered explicitly: a module that fails to import fails `fedi` itself.
-for _module in (render, stack, backup, coop, smoke, kit, admins):
+for _module in (render, stack, backup, coop, smoke, kit, admins, covenant):
     _module.register(app)
 
 

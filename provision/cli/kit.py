@@ -43,7 +43,7 @@ def export_cmd(
 ) -> None:
     """Write one file per trustee, each encrypted to that trustee's key, holding the recovery kit."""
     from provision.access import age, handover, kit
-    from provision.cli.target import resolve
+    from provision.cli.target import hold_stack, resolve
     from provision.paths import write_private
 
     age.require_age()
@@ -53,6 +53,7 @@ def export_cmd(
     if threshold and not 2 <= threshold <= len(recipients):
         raise UsageError(f"--threshold {threshold}: needs 2 to {len(recipients)} (the number of --to keys)")
     name, prov = resolve(stack, domain, provider, backend)
+    hold_stack(name, "kit export", prov)  # its record is written with the stack, as `fedi admins` writes theirs
     payload = handover.gather(name, prov, backend)
     plains = kit.share_files(payload, len(recipients), threshold) if threshold else [kit.single_file(payload)]
     plains = plains if threshold else plains * len(recipients)
@@ -63,6 +64,7 @@ def export_cmd(
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path, data in files.items():  # every file encrypted before the first is written
         write_private(path, data)
+    handover.record_kit(prov, name, recipients, threshold, payload["created"])
     rows = [{"file": str(p), "to": r} for p, r in zip(files, recipients, strict=True)]
     how = f"any {threshold} of the {len(recipients)} open it together" if threshold else "each opens it alone"
     human = "\n".join([f"wrote {r['file']} for {r['to'][:60]}" for r in rows] + [f"{name}: {how}"])

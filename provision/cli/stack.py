@@ -255,6 +255,9 @@ def status_cmd(
             data["backup"] = backup_data
         lines.append(line)
     lines += [f"note: {n}" for n in result.notes]
+    from provision.cli.covenant import status_lines
+
+    lines += status_lines(name, prov, backend, result, data, server=not no_health)
     emit(data, as_json, "\n".join(lines))
 
 

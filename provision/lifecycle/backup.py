@@ -25,6 +25,7 @@ ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's
 SOURCE_ENV_FILE = "/etc/fedi/restic-source.env"  # another stack's repository settings, during --into only
 LAST_BACKUP = "/var/lib/fedi/last-backup"  # ISO 8601 UTC time of the last good backup (fedi status)
 LAST_SUMMARY = "/var/lib/fedi/last-backup.json"  # restic's summary of that run
+LAST_VERIFY = "/var/lib/fedi/last-verify"  # fedi-restore verify's answer: when, which snapshot, SAME/DIFFERENT
 MANUAL_MARK = "/var/lib/fedi/backup-manual"  # `fedi backup now` asked: fedi-backup tags the run manual
 BUNDLE_SECRETS = "/opt/fedi/bundle/secrets.json"  # the bundle's app secrets; a restore brings back the old one
 LOCAL_REPOSITORY = "/var/backups/fedi/restic"  # the repository without a backups bucket
@@ -158,6 +159,16 @@ def status_argvs() -> tuple[list[str], list[str]]:
         "NextElapseUSecRealtime",
     ]
     return ["cat", LAST_BACKUP], show
+
+
+def last_verify_argv() -> list[str]:
+    """The last verify's record (a missing file: never verified)."""
+    return ["cat", LAST_VERIFY]
+
+
+def schedule_argv() -> list[str]:
+    """The backup timer's calendar as systemd runs it (normalized: ``daily`` reads ``*-*-* 00:00:00``)."""
+    return ["systemctl", "show", "fedi-backup.timer", "-p", "TimersCalendar", "--value"]
 
 
 def check_snapshot(snapshot: str) -> str:

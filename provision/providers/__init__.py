@@ -113,6 +113,12 @@ class Provider(ABC):
         back, and every converge hands them to the playbook."""
 
     @abstractmethod
+    def set_kits(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the record of the stack's exported recovery kits (when, trustee key fingerprints,
+        threshold; provision.access.covenant.kit_record, no secret) the way set_admins keeps the admins;
+        ``outputs(stack).extra["kits"]`` reads them back."""
+
+    @abstractmethod
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""

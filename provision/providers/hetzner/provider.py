@@ -33,6 +33,9 @@ RESIZE_NOTE = (
 )
 
 
+RECORDS = ("admins", "kits")  # lists kept in the stack's config, read back into outputs.extra
+
+
 def zone_candidates(domain: str) -> list[str]:
     """social.example.org -> [social.example.org, example.org] (longest first, at least two labels)."""
     labels = domain.split(".")
@@ -323,7 +326,7 @@ class HetznerProvider(Provider):
             server_id=str(out.get("server_id", "")),
             server_type=out.get("server_type", ""),
             storage=storage,
-            extra={**_record(out), "admins": json.loads(self.engine.read_config(stack, "admins") or "[]")},
+            extra={**_record(out), **{k: json.loads(self.engine.read_config(stack, k) or "[]") for k in RECORDS}},
         )
 
     def _client_key_file(self, stack: str, private_key: str) -> Path:
@@ -362,6 +365,11 @@ class HetznerProvider(Provider):
         """Keep the stack's admins (provision.access.admins records) in the stack's config (no secrets in them)."""
         self.outputs(stack)  # ProvisionError if the stack has no server
         self.engine.write_config(stack, "admins", json.dumps(list(records), sort_keys=True), secret=False)
+
+    def set_kits(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the record of the stack's exported recovery kits in the stack's config (no secrets in it)."""
+        self.outputs(stack)
+        self.engine.write_config(stack, "kits", json.dumps(list(records), sort_keys=True), secret=False)
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the server id that showed it: a re-created server is another one."""

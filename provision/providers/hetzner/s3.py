@@ -4,7 +4,7 @@ a bucket, and move one aside. Path-style requests over httpx, signed with AWS Si
 
 Pulumi creates and deletes the buckets; the server's restic reads and writes the repository. This is
 for `fedi up`, which must find an earlier stack's repository before it creates anything, and for the
-lock a change to a stack takes in a shared s3:// state backend (provision/s3lock.py).
+lock a change to a stack takes in a shared s3:// state backend (provision/lifecycle/s3lock.py).
 """
 
 from __future__ import annotations

@@ -282,7 +282,8 @@ class LocalProvider(Provider):
             k: doc.get(k) for k in ("software", "size", "domain", "production", "ephemeral", "expires", "created")
         }
         start_app = bool(doc.get("start_app", False))
-        extra.update(admins=list(doc.get("admins") or []), start_app=start_app, url=f"https://{doc.get('domain', '')}/")
+        extra.update(admins=list(doc.get("admins") or []), kits=list(doc.get("kits") or []))
+        extra.update(start_app=start_app, url=f"https://{doc.get('domain', '')}/")
         if not start_app:
             extra["app_note"] = APP_NOTE
         if record is not None:
@@ -356,6 +357,11 @@ class LocalProvider(Provider):
         """Keep the stack's admins (provision.access.admins records) in its encrypted state."""
         self._doc(stack)  # ProvisionError if there is no such stack
         self._store().update(stack, admins=list(records))
+
+    def set_kits(self, stack: str, records: list[dict[str, Any]]) -> None:
+        """Keep the record of the stack's exported recovery kits in its encrypted state."""
+        self._doc(stack)
+        self._store().update(stack, kits=list(records))
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the machine that showed it: a later machine is another server."""
