@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -39,3 +40,29 @@ def write_private(path: Path, data: str | bytes) -> None:
         os.write(fd, data.encode() if isinstance(data, str) else data)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` whole: a crash leaves the old file or the new one, never half of it.
+
+    The temporary file sits in the same directory (so the rename is atomic), has ``mode`` before
+    the first byte is written (0600 by default: most of fedi's files hold a secret), and both the
+    file and the directory are fsynced so the new content survives a power cut.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

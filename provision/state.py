@@ -121,9 +121,7 @@ class StateStore:
     def save(self, stack: str, data: dict[str, Any]) -> None:
         path = self.path(stack)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(path.name + ".tmp")
-        paths.write_private(tmp, json.dumps(seal(stack, data, self._key_text()), indent=1) + "\n")
-        os.replace(tmp, path)
+        paths.write_atomic(path, json.dumps(seal(stack, data, self._key_text()), indent=1) + "\n")
 
     def update(self, stack: str, **changes: Any) -> dict[str, Any]:
         data = self.load(stack)

@@ -97,7 +97,7 @@ def install(payload: dict[str, Any]) -> dict[str, Path]:
         found = state.get("machine") or {}
         directory = machine.machine_dir(name)
         if found.get("record"):
-            paths.write_private(directory / "machine.json", json.dumps(found["record"], indent=1) + "\n")
+            paths.write_atomic(directory / "machine.json", json.dumps(found["record"], indent=1) + "\n", mode=0o644)
         if found.get("server_id"):
             paths.write_private(directory / "bootstrapped", found["server_id"] + "\n")
     where.mkdir(parents=True, exist_ok=True, mode=0o700)

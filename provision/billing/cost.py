@@ -280,10 +280,10 @@ def _read_cache() -> tuple[dict[str, Any], datetime] | None:
 
 
 def _write_cache(pricing: dict[str, Any], fetched_at: datetime) -> None:
+    from provision.paths import write_atomic
+
     path = _cache_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fetched_at": fetched_at.isoformat(), "pricing": pricing}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"fetched_at": fetched_at.isoformat(), "pricing": pricing}), mode=0o644)
 
 
 def load_prices(

@@ -234,15 +234,9 @@ def outbox_dir(create: bool = True) -> Path:
 
 
 def _write_atomic(path: Path, record: dict[str, Any]) -> None:
-    """0600 from the first byte, fsynced, then renamed over ``path``: a crash leaves old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(record, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from provision.paths import write_atomic
+
+    write_atomic(path, json.dumps(record, indent=1))
 
 
 def _read(path: Path) -> PendingEvent | None:

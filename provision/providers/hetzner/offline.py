@@ -158,10 +158,10 @@ class OfflineEngine:
         return json.loads(path.read_text()) if path.exists() else {"config": {}, "outputs": None, "updated": ""}
 
     def _save(self, name: str, data: dict[str, Any]) -> None:
-        from provision.paths import write_private
+        from provision.paths import write_atomic
 
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self._file(name), json.dumps(data, sort_keys=True))
+        write_atomic(self._file(name), json.dumps(data, sort_keys=True))
 
     def preflight(self, *, need_token: bool = True) -> None:
         return None

@@ -140,9 +140,7 @@ def load(name: str, state: Path | None = None) -> Machine | None:
 
 def _save(machine: Machine) -> None:
     record = Path(machine.directory) / "machine.json"
-    tmp = record.with_name("machine.json.tmp")
-    tmp.write_text(json.dumps(asdict(machine), indent=1) + "\n")
-    os.replace(tmp, record)
+    paths.write_atomic(record, json.dumps(asdict(machine), indent=1) + "\n", mode=0o644)
 
 
 def alive(pid: int) -> bool:
