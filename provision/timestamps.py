@@ -12,11 +12,17 @@ import time
 from datetime import UTC, datetime
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+BASIC = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic form: for names (log files, set-aside backups) and SigV4's x-amz-date
 
 
 def utc_iso(epoch_s: float | None = None) -> str:
     """``epoch_s`` (default: now) as ISO 8601 UTC, e.g. ``2026-12-05T07:45:00Z``."""
     return time.strftime(FORMAT, time.gmtime(time.time() if epoch_s is None else epoch_s))
+
+
+def utc_stamp(epoch_s: float | None = None) -> str:
+    """``epoch_s`` (default: now) in the basic form that fits in a name, e.g. ``20261205T074500Z``."""
+    return time.strftime(BASIC, time.gmtime(time.time() if epoch_s is None else epoch_s))
 
 
 def epoch(value: object) -> float:

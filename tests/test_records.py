@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,7 +14,7 @@ from provision.providers.hetzner.provider import HetznerProvider
 from provision.providers.local.provider import LocalProvider
 from provision.sizing import sizing
 from provision.spec import build_spec
-from provision.timestamps import as_iso, epoch, utc_iso
+from provision.timestamps import as_iso, epoch, utc_iso, utc_stamp
 from tests.support.stack_fixtures import bundle_of, isolate, spec_of
 
 ISO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
@@ -27,6 +28,22 @@ def test_the_one_format_reads_both_recorded_shapes():
     assert as_iso(1_800_000_000) == "2027-01-15T08:00:00Z" and as_iso(0) == ""
     with pytest.raises(ValueError):
         epoch("yesterday")
+    assert utc_stamp(1_800_000_000) == "20270115T080000Z"  # the same instant, in names
+
+
+def test_the_price_cache_and_the_stack_lock_write_the_one_format(monkeypatch, tmp_path):
+    from datetime import UTC, datetime
+
+    from provision.billing import cost
+    from provision.lifecycle import stacklock
+
+    monkeypatch.setenv("FEDI_CACHE_DIR", str(tmp_path / "cache"))
+    fetched = datetime.fromtimestamp(1_800_000_000, UTC)
+    pricing = {k: {} for k in ("currency", "server_types", "primary_ips", "volume", "server_backup")}
+    cost._write_cache(pricing, fetched)
+    assert json.loads(cost._cache_path().read_text())["fetched_at"] == "2027-01-15T08:00:00Z"
+    assert cost._read_cache() == (pricing, fetched)
+    assert re.match(ISO, stacklock._me("up").since)
 
 
 @pytest.fixture

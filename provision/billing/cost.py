@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import UsageError
+from provision.timestamps import epoch, utc_iso
 
 TABLE = Path(__file__).resolve().parents[1] / "data" / "prices.json"
 CACHE_NAME = "hetzner-pricing.json"
@@ -274,7 +275,7 @@ def _read_cache() -> tuple[dict[str, Any], datetime] | None:
     path = _cache_path()
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
-        return _check_pricing(cached), datetime.fromisoformat(cached["fetched_at"])
+        return _check_pricing(cached), datetime.fromtimestamp(epoch(cached["fetched_at"]), UTC)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -283,7 +284,7 @@ def _write_cache(pricing: dict[str, Any], fetched_at: datetime) -> None:
     from provision.paths import write_atomic
 
     path = _cache_path()
-    write_atomic(path, json.dumps({"fetched_at": fetched_at.isoformat(), "pricing": pricing}), mode=0o644)
+    write_atomic(path, json.dumps({"fetched_at": utc_iso(fetched_at.timestamp()), "pricing": pricing}), mode=0o644)
 
 
 def load_prices(

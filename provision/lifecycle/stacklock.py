@@ -23,7 +23,6 @@ import getpass
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from provision import paths
 from provision.errors import StackBusy
 from provision.lifecycle.holder import Holder
+from provision.timestamps import utc_iso
 
 _held: dict[str, Holder] = {}  # the stacks this process holds, for nesting
 
@@ -44,8 +44,7 @@ def _me(command: str) -> Holder:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid (a container)
         user = str(os.getuid())
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return Holder(user, socket.gethostname(), os.getpid(), command, since)
+    return Holder(user, socket.gethostname(), os.getpid(), command, utc_iso())
 
 
 def _holder(fd: int) -> Holder | None:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from provision.remote.ansible_output import AnsibleOutput
 from provision.remote.session import HostKeyMismatch, connect_when_ready, parse_host_key, wait_for_ssh
 from provision.remote.upload import put_private, put_tree
 from provision.render import quote, resources
+from provision.timestamps import utc_stamp
 
 Progress = Callable[[str], None]
 _SECRET_KEY = re.compile(r"password|secret|passphrase|token|private|_key$|^key$|access_key", re.I)
@@ -89,8 +89,7 @@ class Redactor:
 def _open_log(log_dir: Path | None, address: str) -> tuple[Path, int]:
     directory = log_dir or paths.state_dir() / "logs"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = directory / f"configure-{re.sub(r'[^A-Za-z0-9.-]', '_', address)}-{stamp}.log"
+    path = directory / f"configure-{re.sub(r'[^A-Za-z0-9.-]', '_', address)}-{utc_stamp()}.log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     return path, fd

@@ -23,7 +23,7 @@ from provision.providers import KeptBackups, Plan, Progress, Provider, StackSumm
 from provision.providers.hetzner.api import Api
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
-from provision.timestamps import as_iso
+from provision.timestamps import as_iso, utc_stamp
 from stacks.config import StackConfig, build_config, config_from_json, config_to_json, guess_zone, storage_for
 
 S3_ACCESS_ENV = "FEDI_S3_ACCESS_KEY"
@@ -403,7 +403,7 @@ class HetznerProvider(Provider):
         """Move the repository's objects under a prefix of the same bucket (copied, then the originals
         removed): restic at the bucket's root starts afresh; the old one is a repository of its own."""
         client, repository = self._backups_bucket(spec)
-        prefix = f"restic-before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}/"
+        prefix = f"restic-before-{utc_stamp()}/"
         keys = [k for k in client.list_keys() if not k.startswith("restic-before-")]
         count = client.move_prefix(keys, prefix)
         moved = KeptBackups(where=f"s3://{client.bucket.name}/{prefix}", repository=f"{repository}/{prefix[:-1]}")

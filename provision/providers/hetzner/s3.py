@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from provision.errors import ProvisionError
+from provision.timestamps import utc_stamp
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -46,7 +46,7 @@ def sign(
     """The headers of a SigV4-signed request (``headers`` plus host, x-amz-date, x-amz-content-sha256
     and Authorization). ``url`` must already be percent-encoded the way it is sent."""
     parts = urlsplit(url)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    stamp = utc_stamp(now)
     day = stamp[:8]
     signed = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
     signed.update({"host": parts.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload_hash})

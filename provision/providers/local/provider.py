@@ -27,7 +27,7 @@ from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
 from provision.providers import KeptBackups, Plan, PlannedResource, Progress, Provider, StackSummary
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
-from provision.timestamps import utc_iso
+from provision.timestamps import utc_iso, utc_stamp
 
 APT_PACKAGES = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap", "zstd": "zstd", "ip": "iproute2"}
 CADDY_ROOT_CA = "var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
@@ -390,7 +390,7 @@ class LocalProvider(Provider):
     def set_aside_backups(self, spec: InstanceSpec, kept: KeptBackups, progress: Progress) -> KeptBackups:
         """Rename the repository within the backups directory: the new machine still sees it there."""
         repo = Path(kept.where)
-        aside = repo.with_name(f"{repo.name}-before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        aside = repo.with_name(f"{repo.name}-before-{utc_stamp()}")
         repo.rename(aside)
         moved = KeptBackups(where=str(aside), repository=str(Path(kept.repository).with_name(aside.name)))
         progress(
