@@ -312,7 +312,8 @@ def test_a_fourth_apps_admin_accounts_come_from_its_catalog_entry(fourth: App) -
     with pytest.raises(ValidationError, match="fourth has no moderators"):
         admins.make("erin", key, "quatre", [], app_role="moderator", email="erin@example.org")
     erin = admins.make("erin", key, "quatre", [], app_role="admin", email="erin@example.org")
-    run = [*admins.COMPOSE, "run", "--rm", "--no-deps", "-T", "fourth"]
+    compose = ["docker", "compose", "--project-directory", "/opt/fedi/app", "-f", "/opt/fedi/app/compose.yaml"]
+    run = [*compose, "run", "--rm", "--no-deps", "-T", "fourth"]
     assert admins.app_account_argvs("quatre", erin) == [
         [*run, "fourth", "make-user", "erin", "erin@example.org", "--admin"]
     ]

@@ -23,6 +23,7 @@ from provision.cli.app import main
 from provision.errors import BackupError, UsageError
 from provision.lifecycle import backup
 from provision.model import HostAccess, ObjectStorage, StackOutputs
+from provision.remote.commands import privileged
 
 ACCESS = HostAccess(address="203.0.113.7", user="fedi")
 
@@ -31,10 +32,10 @@ ACCESS = HostAccess(address="203.0.113.7", user="fedi")
 
 
 def test_commands_are_data():
-    assert backup.privileged(backup.backup_now_argv()) == [
+    assert privileged(backup.backup_now_argv(), "fedi") == [
         "sudo", "-n", "-H", "--", "systemctl", "start", "fedi-backup.service"
     ]  # fmt: skip
-    assert backup.privileged(["true"], user="root") == ["true"]
+    assert privileged(["true"], user="root") == ["true"]
     assert backup.list_argv() == ["/usr/local/sbin/fedi-backup", "list", "--json"]
     assert backup.verify_argv() == ["/usr/local/sbin/fedi-restore", "verify", "expected"]
     assert backup.verify_argv("latest") == ["/usr/local/sbin/fedi-restore", "verify", "latest"]
@@ -199,7 +200,7 @@ def test_now_list_verify_restore_through_provision_backup(world):
     report = backup.verify(ACCESS, runner=server.run)
     assert report["ok"] and report["database"] == "opsdb"
     # the server records the answer where every admin reads it (fedi covenant): when, which, SAME
-    rc, text, _ = server.run(ACCESS, backup.privileged(backup.last_verify_argv()))
+    rc, text, _ = server.run(ACCESS, privileged(backup.last_verify_argv(), "fedi"))
     record = json.loads(text)
     assert rc == 0 and (record["snapshot"], record["result"], record["compared_with"]) == (
         snap.id,

@@ -185,25 +185,16 @@ def test_unreachable_instance_is_one_line():
 
 def test_mastodon_command_as_data():
     text = funding.funding_text(report(), date(2026, 11, 1), markdown=False) + '\nIt\'s "quoted"; $(not run)'
-    argv = mastodon_app.announce_argv(text)
-    assert argv[:12] == [
-        "sudo",
-        "-n",
-        "--",
-        "docker",
-        "compose",
-        "--project-directory",
-        "/opt/fedi/app",
-        "-p",
-        "fedi",
-        "exec",
-        "-T",
-        "-e",
-    ]
-    assert argv[12] == f"FEDI_FUNDING={text}"
-    assert argv[13:15] == ["-e", f"FEDI_FUNDING_MARKER={funding.MARKER}"]
-    assert argv[15:18] == ["web", "bin/rails", "runner"]
-    ruby = argv[18]
+    argv = mastodon_app.announce_argv(text, "fedi")
+    assert argv[:13] == [
+        "sudo", "-n", "-H", "--",
+        "docker", "compose", "--project-directory", "/opt/fedi/app", "-f", "/opt/fedi/app/compose.yaml",
+        "exec", "-T", "-e",
+    ]  # fmt: skip
+    assert argv[13] == f"FEDI_FUNDING={text}"
+    assert argv[14:16] == ["-e", f"FEDI_FUNDING_MARKER={funding.MARKER}"]
+    assert argv[16:19] == ["web", "bin/rails", "runner"]
+    ruby = argv[19]
     # the text reaches Rails only through the environment, never inside the Ruby source
     assert "Funding" not in ruby and "ENV.fetch('FEDI_FUNDING')" in ruby
     assert "Announcement.create!" in ruby and "PublishScheduledAnnouncementWorker" in ruby
@@ -249,7 +240,7 @@ def test_announce_mastodon_runs_the_command_over_the_stack_access():
     line = coop.announce(_spec("mastodon"), report(), Stack(), run=run)
     [(address, argv)] = calls
     assert address == "203.0.113.9" and argv[-4:-1] == ["web", "bin/rails", "runner"]
-    assert argv[12].startswith("FEDI_FUNDING=Funding, ") and line.endswith("announcement 107")
+    assert argv[13].startswith("FEDI_FUNDING=Funding, ") and line.endswith("announcement 107")
 
     def failing(access, argv):
         return 1, "", "ActiveRecord::RecordInvalid: Validation failed\n"

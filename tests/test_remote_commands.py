@@ -151,7 +151,7 @@ def test_ssh_argv_is_strict_and_pinned() -> None:
     assert "StrictHostKeyChecking=no" not in joined and "accept-new" not in joined
 
 
-COMPOSE = ["docker", "compose", "-f", "/opt/fedi/app/compose.yaml"]
+COMPOSE = ["docker", "compose", "--project-directory", "/opt/fedi/app", "-f", "/opt/fedi/app/compose.yaml"]
 JOURNAL = ["journalctl", "--no-pager", "-n", "50"]
 
 

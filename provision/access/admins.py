@@ -150,9 +150,6 @@ def ansible_vars(admins: list[Admin]) -> dict[str, Any]:
 
 # -- the app account (commands as data, run on the server as root) --
 
-APP_DIR = "/opt/fedi/app"  # roles/app/defaults/main.yml app_dir
-COMPOSE = ["docker", "compose", "--project-directory", APP_DIR, "-f", f"{APP_DIR}/compose.yaml"]
-
 
 def app_account_argvs(software: str, admin: Admin) -> list[list[str]]:
     """The commands that give ``admin`` an account with its role in the app (the app's recipe is in its
@@ -161,8 +158,10 @@ def app_account_argvs(software: str, admin: Admin) -> list[list[str]]:
         return []
     if not _NAME.fullmatch(admin.name):
         raise ValueError(f"not a login name: {admin.name!r}")
+    from provision.remote import commands
+
     account = apps.get(software).admin_account
-    run = [*COMPOSE, "run", "--rm", "--no-deps", "-T", account.service]
+    run = [*commands.compose(), "run", "--rm", "--no-deps", "-T", account.service]
     return account.commands(run, admin.name, admin.email, admin.app_role)
 
 

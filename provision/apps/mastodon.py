@@ -115,21 +115,20 @@ RUBY = (
     "old.each { |o| o.destroy!; UnpublishAnnouncementWorker.perform_async(o.id) if o.published? }; "
     "puts a.id"
 )
-APP_DIR = "/opt/fedi/app"
 
 
-def announce_argv(text: str, *, app_dir: str = APP_DIR, service: str = "web") -> list[str]:
-    """The command (run as the admin user over SSH) that publishes ``text`` as an announcement."""
+def announce_argv(text: str, user: str, *, service: str = "web") -> list[str]:
+    """The command (run as ``user`` over SSH) that publishes ``text`` as an announcement."""
     from provision.billing.funding import MARKER
+    from provision.remote.commands import compose, privileged
 
-    return [
-        "sudo", "-n", "--",
-        "docker", "compose", "--project-directory", app_dir, "-p", "fedi",
+    return privileged([
+        *compose(),
         "exec", "-T",
         "-e", f"FEDI_FUNDING={text}",
         "-e", f"FEDI_FUNDING_MARKER={MARKER}",
         service, "bin/rails", "runner", RUBY,
-    ]  # fmt: skip
+    ], user)  # fmt: skip
 
 
 def announce(
@@ -141,7 +140,7 @@ def announce(
 
     if run is None:
         from provision.remote import run
-    rc, out, err = run(outputs.access, announce_argv(funding_text(report, markdown=False)))
+    rc, out, err = run(outputs.access, announce_argv(funding_text(report, markdown=False), outputs.access.user))
     if rc != 0:
         last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
         raise HookError(f"the Mastodon announcement failed: {last[0][:200]}")

@@ -28,16 +28,17 @@ def _server_facts(access: Any) -> tuple[str | None, Any, str, dict[str, Any] | N
     """(timer calendar, BackupStatus, its error, the last verify's record, its error), read from the server."""
     from provision.errors import FediError
     from provision.lifecycle import backup
+    from provision.remote.commands import privileged
 
     if not access.address:
         why = "the stack has no running server to reach"
         return None, None, why, None, why
     try:
         st = backup.status(access)
-        rc, schedule, err = backup.default_runner(access, backup.privileged(backup.schedule_argv(), access.user))
+        rc, schedule, err = backup.default_runner(access, privileged(backup.schedule_argv(), access.user))
         if rc != 0:
             raise FediError(f"systemctl show failed: {err.strip()[:200]}")
-        rc, text, _ = backup.default_runner(access, backup.privileged(backup.last_verify_argv(), access.user))
+        rc, text, _ = backup.default_runner(access, privileged(backup.last_verify_argv(), access.user))
     except FediError as exc:
         return None, None, exc.line(), None, exc.line()
     record, verify_error = None, ""

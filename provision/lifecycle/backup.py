@@ -18,6 +18,7 @@ from typing import Any
 
 from provision.errors import BackupError, UsageError
 from provision.model import HostAccess, ObjectStorage
+from provision.remote.commands import privileged
 from provision.timestamps import epoch
 
 SBIN = "/usr/local/sbin"
@@ -86,11 +87,6 @@ def repository_env(restic_password: str, storage: ObjectStorage | None, reposito
 
 
 # ---- commands (data) ------------------------------------------------------------------------------------
-
-
-def privileged(argv: list[str], user: str = "fedi") -> list[str]:
-    """Root through non-interactive sudo, unless we log in as root."""
-    return list(argv) if user == "root" else ["sudo", "-n", "-H", "--", *argv]
 
 
 def backup_now_argv() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from provision.errors import UsageError
 from provision.model import HostAccess
@@ -58,6 +57,12 @@ ANSIBLE_ENV = (
 def privileged(argv: list[str], user: str) -> list[str]:
     """Run as root: through passwordless, non-interactive sudo (with root's HOME) unless we already are root."""
     return list(argv) if user == "root" else ["sudo", "-n", "-H", "--", *argv]
+
+
+def compose(app_dir: str = Layout.app_dir) -> list[str]:
+    """The app's ``docker compose``, from any working directory (the playbook's ``app_compose`` in
+    roles/app/defaults/main.yml); the project name is compose.yaml's own ``name: fedi``."""
+    return ["docker", "compose", "--project-directory", app_dir, "-f", f"{app_dir}/compose.yaml"]
 
 
 # How long `systemctl stop` lets the playbook's processes end on SIGTERM before it sends SIGKILL.
@@ -246,8 +251,7 @@ def logs_argv(service: str | None, *, follow: bool, lines: int, layout: Layout, 
         if follow:
             argv.append("-f")
         return privileged(argv, user)
-    compose_file = str(PurePosixPath(layout.app_dir) / "compose.yaml")
-    argv = ["docker", "compose", "-f", compose_file, "logs", "--no-color", "--tail", str(lines)]
+    argv = [*compose(layout.app_dir), "logs", "--no-color", "--tail", str(lines)]
     if follow:
         argv.append("--follow")
     if service:
