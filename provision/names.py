@@ -33,6 +33,8 @@ CUT_MARK = "---"  # separates the kept head of a cut name from its digest
 
 _DOMAIN_CHARS = re.compile(r"^[a-z0-9.-]+$")
 _PULUMI_STACK = re.compile(rf"^[A-Za-z0-9_.-]{{1,{PULUMI_STACK_MAX}}}$")
+# A stack the local provider keeps (a directory named after it; any name stack_name gives, or --stack).
+LOCAL_STACK = re.compile(rf"^[a-z0-9][a-z0-9-]{{0,{NAME_MAX - 1}}}$")
 _HETZNER_NAME = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
 # What the stack program names after the stack (hcloud resource names are unique per project and kind).
 RESOURCE_SUFFIXES = ("operator", "fw", "ipv4", "ipv6", "data")

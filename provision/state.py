@@ -14,19 +14,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import secrets as pysecrets
 from pathlib import Path
 from typing import Any
 
-from provision import paths
+from provision import names, paths
 from provision.errors import ProvisionError, UsageError
 
 PASSPHRASE_ENVS = ("FEDI_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE")
 PASSPHRASE_FILE = "passphrase"
 FORMAT = 1
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1  # ~32 MiB, ~0.1 s: RFC 7914's interactive-use cost
-_STACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 def passphrase() -> str:
@@ -101,7 +99,7 @@ class StateStore:
         return self._passphrase
 
     def path(self, stack: str) -> Path:
-        if not _STACK.match(stack):
+        if not names.LOCAL_STACK.match(stack):
             raise UsageError(f"stack: {stack!r} is not a valid stack name")
         return self.root / stack / "state.json"
 

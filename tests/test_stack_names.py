@@ -128,3 +128,16 @@ def test_a_local_stack_that_holds_another_domain_is_refused_too(monkeypatch, tmp
         names.settle(spec_of(domain=OLD_PAIR[1], provider="local"), provider)
     # and the domain it holds finds it under its old name
     assert names.settle(spec_of(domain=OLD_PAIR[0], provider="local"), provider).stack == theirs.stack
+
+
+@pytest.mark.parametrize(
+    "domain", ["social.example.org", "chat.social-club.example", ".".join(["a-very-long-label-here"] * 9) + ".example"]
+)
+def test_the_local_store_keeps_every_name_the_rule_gives(tmp_path, domain):
+    from provision.state import StateStore
+
+    name = names.stack_name(domain)
+    StateStore(tmp_path, "pass").save(name, {"domain": domain})
+    assert StateStore(tmp_path, "pass").load(name) == {"domain": domain}
+    if len(domain) <= names.NAME_MAX:  # an old-rule name was never cut: a longer one was never local
+        assert names.LOCAL_STACK.match(names.legacy_stack_name(domain))

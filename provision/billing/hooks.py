@@ -49,7 +49,7 @@ from provision.errors import HookError, MissingPrerequisite, ValidationError
 from provision.timestamps import epoch, utc_iso
 
 EVENT_TYPES = ("stack.created", "stack.resized", "stack.destroyed", "cost.monthly")
-DEFAULT_SECRET_ENV = "FEDI_WEBHOOK_SECRET"
+DEFAULT_SECRET_ENV = "FEDI_WEBHOOK_SECRET"  # the variable's name; also `fedi coop verify-signature`'s default
 ATTEMPTS = 3  # tries per event in one run
 BACKOFF_S = (1.0, 4.0)  # waits between those tries
 RUN_SECONDS = 30.0  # a run stops starting new requests after this long

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from provision.billing import pricing
+from provision.billing.hooks import DEFAULT_SECRET_ENV, TOLERANCE_S
 from provision.cli.options import AdminEmail, Backend, Domain, Json, Location, Provider, Size, Software, spec_from
 from provision.cli.output import emit, note
 from provision.config import load_config
@@ -33,7 +34,6 @@ StorageTb = Annotated[
         help="object storage the account holds, in TB, when [account] stored_gb does not say (1 TB is included)",
     ),
 ]
-SECRET_ENV = "FEDI_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 NoStorage = Annotated[bool, typer.Option("--no-object-storage", help="leave out object storage")]
 
 
@@ -163,8 +163,8 @@ def verify_signature(
     timestamp: Annotated[str, typer.Option(help="the webhook-timestamp header")],
     signature: Annotated[str, typer.Option(help="the webhook-signature header (v1,<base64> ...)")],
     body: Annotated[Path, typer.Option(help="file with the exact request body; - reads standard input")] = Path("-"),
-    secret_env: Annotated[str, typer.Option(help="environment variable holding the whsec_ secret")] = SECRET_ENV,
-    tolerance: Annotated[int, typer.Option(min=0, help="seconds a timestamp may be off")] = 300,
+    secret_env: Annotated[str, typer.Option(help="the variable holding the whsec_ secret")] = DEFAULT_SECRET_ENV,
+    tolerance: Annotated[int, typer.Option(min=0, help="seconds a timestamp may be off")] = TOLERANCE_S,
     as_json: Json = False,
 ) -> None:
     """Check a received billing event: exit 0 if it is authentic and fresh, 8 if tampered, stale or foreign."""
