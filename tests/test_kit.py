@@ -254,3 +254,16 @@ def test_an_export_while_another_run_changes_the_stack_is_refused_and_writes_not
         other.end()
     assert rc == 10 and err.startswith(f"fedi: stack {name} is busy: `fedi down` by ") and err.count("\n") == 1
     assert not (tmp_path / "k").exists() and not LocalProvider().outputs(name).extra.get("kits")
+
+
+@pytest.mark.parametrize(("backend", "carried"), [("s3://coop-state/fedi", True), ("file:///srv/pulumi", False)])
+def test_a_hetzner_kit_carries_the_backend_keys_only_for_an_s3_backend(monkeypatch, tmp_path, backend, carried):
+    from provision.providers.hetzner.offline import OfflineEngine
+    from provision.providers.hetzner.provider import HetznerProvider
+
+    fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "coop-key-id")
+    monkeypatch.setenv("HCLOUD_TOKEN", "not-for-the-kit")
+    held = HetznerProvider(engine=OfflineEngine()).kit_state("social-example-org", backend)
+    assert held["backend"] == backend and held["document"] is None and held["machine"] is None
+    assert held["backend_env"] == ({"AWS_ACCESS_KEY_ID": "coop-key-id"} if carried else {})

@@ -26,8 +26,6 @@ from provision.errors import UsageError
 
 FORMAT = 1
 AGE_INSTALL = "apt-get install age"
-# What Pulumi's s3:// backend reads from the environment (the co-op's state bucket and its keys).
-BACKEND_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL_S3")
 _RECIPIENT = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+( .*)?|age1[0-9a-z]{58})$")
 _LABEL = re.compile(r"[^a-z0-9]+")
 

@@ -119,6 +119,22 @@ class Provider(ABC):
         ``outputs(stack).extra["kits"]`` reads them back."""
 
     @abstractmethod
+    def kit_state(self, stack: str, backend: str | None) -> dict[str, Any]:
+        """What a recovery kit carries of the stack's state, besides the passphrase (reads only):
+        ``backend`` (the state backend URL, None where the state is on this computer), ``backend_env``
+        (what an s3:// backend reads from the environment), ``document`` and ``machine`` (a state and
+        machine record kept on this computer, else None)."""
+
+    @abstractmethod
+    def check_kit(self, stack: str, state: dict[str, Any], store: Any, passphrase_here: str | None) -> None:
+        """Before `fedi kit open` writes anything: raise UsageError if this computer cannot take the
+        kit's stack (``store`` is this computer's StateStore, ``passphrase_here`` its passphrase or None)."""
+
+    @abstractmethod
+    def install_kit(self, stack: str, state: dict[str, Any], store: Any) -> None:
+        """Write what :meth:`kit_state` gathered onto this computer (after :meth:`check_kit` passed)."""
+
+    @abstractmethod
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Store the server's new host key (the playbook rotates the one-time bootstrap key), together
         with the server's identity: a server created later (after a loss) is not trusted with it."""

@@ -40,6 +40,10 @@ def plugin_versions() -> dict[str, str]:
     return {name: "v" + metadata.version(dist) for name, dist in PLUGINS.items()}
 
 
+# What Pulumi's s3:// backend reads from the environment (a recovery kit carries them for such a backend).
+BACKEND_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL_S3")
+
+
 def default_backend() -> str:
     """file://<state>/pulumi; the directory is made when the engine first runs, not before."""
     return (paths.state_dir() / "pulumi").as_uri()

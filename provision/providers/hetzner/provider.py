@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import paths
-from provision.errors import MissingPrerequisite, ProvisionError
+from provision.errors import MissingPrerequisite, ProvisionError, UsageError
 from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
 from provision.providers import KeptBackups, Plan, Progress, Provider, StackSummary
 from provision.providers.hetzner.api import Api
@@ -370,6 +370,26 @@ class HetznerProvider(Provider):
         """Keep the record of the stack's exported recovery kits in the stack's config (no secrets in it)."""
         self.outputs(stack)
         self.engine.write_config(stack, "kits", json.dumps(list(records), sort_keys=True), secret=False)
+
+    # -- recovery kits: the state stays in its backend; the kit names it and carries its passphrase --
+
+    def kit_state(self, stack: str, backend: str | None) -> dict[str, Any]:
+        from provision.config import load_config, state_backend
+        from provision.providers.hetzner.engine import BACKEND_ENV, default_backend
+
+        backend = backend or state_backend(load_config()) or default_backend()
+        env = {k: os.environ[k] for k in BACKEND_ENV if os.environ.get(k)} if backend.startswith("s3://") else {}
+        return {"backend": backend, "backend_env": env, "document": None, "machine": None}
+
+    def check_kit(self, stack: str, state: dict[str, Any], store: Any, passphrase_here: str | None) -> None:
+        if passphrase_here is not None and passphrase_here != state["passphrase"]:
+            raise UsageError(
+                f"this computer's state passphrase is not the one of stack {stack}'s backend",
+                hint="open the kit as another user, or with FEDI_CONFIG_DIR pointing at an empty directory",
+            )
+
+    def install_kit(self, stack: str, state: dict[str, Any], store: Any) -> None:
+        return None  # the backend holds the state; the passphrase file is written by the caller
 
     def pin_host_key(self, stack: str, host_key: str) -> None:
         """Pin the key together with the server id that showed it: a re-created server is another one."""

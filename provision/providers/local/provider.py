@@ -13,6 +13,7 @@ exactly that; everything else runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,9 +87,31 @@ class LocalProvider(Provider):
     def _doc(self, stack: str) -> dict[str, Any]:
         return self._store().load(stack)
 
-    def state_document(self, stack: str) -> dict[str, Any]:
-        """The stack's whole state (as a recovery kit carries it to another computer). Reads only."""
-        return self._doc(stack)
+    # -- recovery kits: the whole state and the machine record travel in the kit --
+
+    def kit_state(self, stack: str, backend: str | None) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from provision.providers.local import machine
+
+        record = machine.load(stack)
+        found = {"record": asdict(record) if record else None, "server_id": machine.server_id(stack)}
+        return {"backend": None, "backend_env": {}, "document": self._doc(stack), "machine": found}
+
+    def check_kit(self, stack: str, state: dict[str, Any], store: Any, passphrase_here: str | None) -> None:
+        if store.exists(stack):
+            raise UsageError(f"this computer already has a local stack {stack}", hint="open the kit in a fresh HOME")
+
+    def install_kit(self, stack: str, state: dict[str, Any], store: Any) -> None:
+        from provision.providers.local import machine
+
+        store.save(stack, state["document"])  # sealed with this computer's passphrase
+        found = state.get("machine") or {}
+        directory = machine.machine_dir(stack)
+        if found.get("record"):
+            paths.write_atomic(directory / "machine.json", json.dumps(found["record"], indent=1) + "\n", mode=0o644)
+        if found.get("server_id"):
+            paths.write_private(directory / "bootstrapped", found["server_id"] + "\n")
 
     # -- before anything is created --
 
