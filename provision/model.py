@@ -6,9 +6,12 @@ Every arrow of DESIGN.md is a plain function call on these frozen dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+Progress = Callable[[str], None]  # one human line per event ("+ hcloud:Server created (12s)")
 
 
 @dataclass(frozen=True)

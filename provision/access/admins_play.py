@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
 from pathlib import Path
 
 from provision import apps
 from provision.access import admins
 from provision.errors import RemoteError
-from provision.model import HostAccess
+from provision.model import HostAccess, Progress
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
 from provision.render import resources
-
-Progress = Callable[[str], None]
 
 
 def apply(

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from provision.model import Bundle, ObjectStorage, StackOutputs
+from provision.model import Bundle, ObjectStorage, Progress, StackOutputs
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
-
-Progress = Callable[[str], None]  # one human line per event ("+ hcloud:Server created (12s)")
 
 
 @dataclass(frozen=True)

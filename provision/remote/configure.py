@@ -11,14 +11,13 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from provision import paths
 from provision.errors import RemoteError
-from provision.model import Bundle, HostAccess
+from provision.model import Bundle, HostAccess, Progress
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
 from provision.remote.session import HostKeyMismatch, connect_when_ready, parse_host_key, wait_for_ssh
@@ -26,7 +25,6 @@ from provision.remote.upload import put_private, put_tree
 from provision.render import quote, resources
 from provision.timestamps import utc_stamp
 
-Progress = Callable[[str], None]
 _SECRET_KEY = re.compile(r"password|secret|passphrase|token|private|_key$|^key$|access_key", re.I)
 
 

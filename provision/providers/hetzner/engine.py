@@ -24,9 +24,9 @@ from typing import Any
 
 from provision import paths
 from provision.errors import FediError, MissingPrerequisite, ProvisionError, ValidationError
+from provision.model import Progress
 from provision.providers import PlannedResource
 
-Progress = Callable[[str], None]
 PROJECT = "fedi"
 INSTALL_HINT = (
     "install it with `curl -fsSL https://get.pulumi.com | sh` (see https://www.pulumi.com/docs/install/), "

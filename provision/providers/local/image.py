@@ -23,6 +23,7 @@ from pathlib import Path
 
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError
+from provision.model import Progress
 
 SUITE = "trixie"
 VARIANT = "minbase"
@@ -82,8 +83,6 @@ CLEAN_GLOBS: tuple[str, ...] = (
     "tmp/*",
     "root/.bash_history",
 )
-
-Progress = Callable[[str], None]
 
 
 def image_hash(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> str:

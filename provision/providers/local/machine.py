@@ -28,16 +28,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError
+from provision.model import Progress
 from provision.providers.local import bootstrap, cgroups, image, net
 from provision.timestamps import utc_iso
 
-Progress = Callable[[str], None]
 BACKUPS_TARGET = "/var/backups/fedi"
 SSH_PORT = 22
 # In the image so the playbook finds them installed, but off until the playbook enables them for an
