@@ -13,6 +13,14 @@ from typing import Any
 
 Progress = Callable[[str], None]  # one human line per event ("+ hcloud:Server created (12s)")
 
+# Where things live on the server: the bundle's templates (render.context PATHS), the remote commands
+# (remote.commands.Layout) and the backup commands all read these; the playbook's defaults agree.
+SERVER_ROOT = "/opt/fedi"  # bundle, ansible, runtime.yml and the rotated host key
+BUNDLE_DIR = f"{SERVER_ROOT}/bundle"
+APP_DIR = f"{SERVER_ROOT}/app"  # the compose project directory
+DATA_DIR = "/srv/fedi"
+SBIN = "/usr/local/sbin"  # fedi-backup, fedi-restore, fedi-cleanup
+
 
 @dataclass(frozen=True)
 class ObjectStorage:

@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import BackupError, UsageError
-from provision.model import HostAccess, ObjectStorage
+from provision.model import BUNDLE_DIR, SBIN, HostAccess, ObjectStorage
 from provision.remote.commands import privileged
 from provision.timestamps import epoch
 
-SBIN = "/usr/local/sbin"
 ENV_FILE = "/etc/fedi/restic.env"  # installed by the playbook from the bundle's backup/restic.env (0600)
 SOURCE_ENV_FILE = "/etc/fedi/restic-source.env"  # another stack's repository settings, during --into only
 LAST_BACKUP = "/var/lib/fedi/last-backup"  # ISO 8601 UTC time of the last good backup (fedi status)
 LAST_SUMMARY = "/var/lib/fedi/last-backup.json"  # restic's summary of that run
 LAST_VERIFY = "/var/lib/fedi/last-verify"  # fedi-restore verify's answer: when, which snapshot, SAME/DIFFERENT
 MANUAL_MARK = "/var/lib/fedi/backup-manual"  # `fedi backup now` asked: fedi-backup tags the run manual
-BUNDLE_SECRETS = "/opt/fedi/bundle/secrets.json"  # the bundle's app secrets; a restore brings back the old one
+BUNDLE_SECRETS = f"{BUNDLE_DIR}/secrets.json"  # the bundle's app secrets; a restore brings back the old one
 LOCAL_REPOSITORY = "/var/backups/fedi/restic"  # the repository without a backups bucket
 REPOSITORY_KEYS = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 BACKUP_TIMEOUT = 6 * 3600  # a oneshot unit on a large instance: hours, never unbounded

@@ -19,14 +19,13 @@ from typing import Any
 from provision import names, paths
 from provision.errors import Aborted, BackupError, ProvisionError, UsageError
 from provision.lifecycle import stacklock
-from provision.model import Bundle, StackOutputs
+from provision.model import BUNDLE_DIR, SBIN, Bundle, StackOutputs
 from provision.providers import Plan, Progress, Provider
 from provision.sizing import Sizing, size_for, sizing
 from provision.spec import InstanceSpec
 from provision.timestamps import epoch
 
-BUNDLE_DIR = "/opt/fedi/bundle"
-BACKUP_ARGV = ["sudo", "-n", "/usr/local/sbin/fedi-backup"]
+BACKUP_ARGV = ["sudo", "-n", f"{SBIN}/fedi-backup"]
 
 
 def _render(spec, sizing_, secrets, storage, out):

@@ -11,15 +11,15 @@ import re
 from dataclasses import dataclass
 
 from provision.errors import UsageError
-from provision.model import HostAccess
+from provision.model import APP_DIR, SERVER_ROOT, HostAccess
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where things live on the server (DESIGN.md: "On the server"). Tests point ``root`` elsewhere."""
 
-    root: str = "/opt/fedi"  # bundle, ansible, runtime.yml and the rotated host key live here
-    app_dir: str = "/opt/fedi/app"  # the compose project directory
+    root: str = SERVER_ROOT  # bundle, ansible, runtime.yml and the rotated host key live here
+    app_dir: str = APP_DIR  # the compose project directory
     ansible_playbook: str = "ansible-playbook"  # the program; Debian's ansible-core on the server
     lock_file: str = "/run/lock/fedi-configure.lock"  # one configure at a time per server
     # The playbook runs in this transient systemd scope, so an interrupted run can be stopped whole

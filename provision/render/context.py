@@ -15,16 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provision import apps
-from provision.model import ObjectStorage
+from provision.model import APP_DIR, BUNDLE_DIR, DATA_DIR, SBIN, ObjectStorage
 from provision.sizing import Sizing
 from provision.spec import InstanceSpec
 
-PATHS = {
-    "bundle_dir": "/opt/fedi/bundle",
-    "app_dir": "/opt/fedi/app",
-    "data_dir": "/srv/fedi",
-    "sbin": "/usr/local/sbin",
-}
+PATHS = {"bundle_dir": BUNDLE_DIR, "app_dir": APP_DIR, "data_dir": DATA_DIR, "sbin": SBIN}
 
 LOOPBACK = "127.0.0.1"
 LOCAL_RESTIC_REPOSITORY = "/var/backups/fedi/restic"
