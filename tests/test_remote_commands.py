@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from provision.errors import UsageError
 from provision.model import HostAccess
 from provision.remote import commands
 from provision.remote.ansible_output import AnsibleOutput
 from provision.remote.configure import failure_message
+from provision.render.resources import ansible_dir
 
 LAYOUT = commands.Layout()
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm2mOQ8WzPpY1mHAaNNIjNoKuAcIw6B3Hj0dBsRnVHx fedi-bootstrap"
@@ -319,3 +322,12 @@ def test_remote_configure_is_the_function_whatever_was_imported_first(imports: s
     code = f"{imports}; import types; assert isinstance(remote.configure, types.FunctionType), remote.configure"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_postgresql_unit_is_the_playbooks():
+    """One source for the PostgreSQL version: `fedi logs postgresql` reads the role's postgres_service."""
+    defaults = yaml.safe_load((ansible_dir() / "roles/postgres/defaults/main.yml").read_text())
+    unit = defaults["postgres_service"]
+    assert re.fullmatch(r"postgresql@\d+-main\.service", unit)  # a literal, not a Jinja expression
+    assert f"postgresql@{defaults['postgres_version']}-main.service" == unit
+    assert commands.logs_argv("postgresql", follow=False, lines=5, layout=LAYOUT, user="root")[-2:] == ["-u", unit]

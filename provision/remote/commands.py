@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 from provision.errors import UsageError
 from provision.model import APP_DIR, SERVER_ROOT, HostAccess
@@ -221,19 +222,28 @@ def ssh_argv(access: HostAccess, known_hosts: str, command: list[str] | None = N
     return argv
 
 
-# Services that run natively on the host (systemd units); everything else is a compose service.
-NATIVE_UNITS = {
-    "postgresql": ["postgresql@17-main.service"],
-    "valkey": ["valkey-server.service"],
-    "caddy": ["caddy.service"],
-    "fedi-backup": ["fedi-backup.service", "fedi-backup-check.service"],
-    "fedi-cleanup": ["fedi-cleanup.service"],
-    "docker": ["docker.service"],
-    "ssh": ["ssh.service"],
-    "fail2ban": ["fail2ban.service"],
-    "nftables": ["nftables.service"],
-    "rabbitmq": ["rabbitmq-server.service"],
-}
+@cache
+def native_units() -> dict[str, list[str]]:
+    """Services that run natively on the host (systemd units); everything else is a compose service.
+    PostgreSQL's unit names its version: the playbook's ``postgres_service`` is the one source."""
+    import yaml  # PyYAML comes with pulumi and ansible-core
+
+    from provision.render.resources import ansible_dir
+
+    defaults = yaml.safe_load((ansible_dir() / "roles/postgres/defaults/main.yml").read_text(encoding="utf-8"))
+    return {
+        "postgresql": [defaults["postgres_service"]],
+        "valkey": ["valkey-server.service"],
+        "caddy": ["caddy.service"],
+        "fedi-backup": ["fedi-backup.service", "fedi-backup-check.service"],
+        "fedi-cleanup": ["fedi-cleanup.service"],
+        "docker": ["docker.service"],
+        "ssh": ["ssh.service"],
+        "fail2ban": ["fail2ban.service"],
+        "nftables": ["nftables.service"],
+        "rabbitmq": ["rabbitmq-server.service"],
+    }
+
 
 _SERVICE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
@@ -244,9 +254,9 @@ def logs_argv(service: str | None, *, follow: bool, lines: int, layout: Layout, 
         raise UsageError(f"service: {service!r} is not a service name (e.g. web, postgresql, caddy)")
     if lines < 0:
         raise UsageError(f"lines: {lines} must be 0 or more")
-    if service in NATIVE_UNITS:
+    if service in native_units():
         argv = ["journalctl", "--no-pager", "-n", str(lines)]
-        for unit in NATIVE_UNITS[service]:
+        for unit in native_units()[service]:
             argv += ["-u", unit]
         if follow:
             argv.append("-f")
