@@ -1,7 +1,7 @@
 """The typed data that passes between layers (spec -> sizing -> bundle -> stack -> remote -> health).
 
 InstanceSpec lives in ``spec.py`` and Sizing in ``sizing.py``; the rest of the contract is here.
-Every arrow of DESIGN.md is a plain function call on these frozen dataclasses.
+Every arrow above is a plain function call on these frozen dataclasses.
 """
 
 from __future__ import annotations

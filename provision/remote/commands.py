@@ -17,7 +17,7 @@ from provision.model import APP_DIR, SERVER_ROOT, HostAccess
 
 @dataclass(frozen=True)
 class Layout:
-    """Where things live on the server (DESIGN.md: "On the server"). Tests point ``root`` elsewhere."""
+    """Where things live on the server (provision.model's paths). Tests point ``root`` elsewhere."""
 
     root: str = SERVER_ROOT  # bundle, ansible, runtime.yml and the rotated host key live here
     app_dir: str = APP_DIR  # the compose project directory

@@ -53,7 +53,7 @@ def bundle_files(app: str, root: Path | None = None) -> list[BundleFile]:
     files = list(_COMMON) + list(entry.bundle_files)
     if "valkey" in entry.services:
         files.append(VALKEY_FILE)
-    # The backup scripts: every templates/backup/<name>.sh.j2 -> bin/<name> (owned by the backup engineer).
+    # The backup scripts: every templates/backup/<name>.sh.j2 -> bin/<name>.
     backup_dir = (root or templates_dir()) / "backup"
     for script in sorted(backup_dir.glob("*.sh.j2")) if backup_dir.is_dir() else []:
         name = script.name.removesuffix(".sh.j2")

@@ -1,6 +1,6 @@
 """The Jinja context every template gets, and the values derived once for all files.
 
-Contract (shared by every template, including the backup engineer's templates/backup/*.sh.j2):
+Contract (shared by every template, including templates/backup/*.sh.j2):
 ``spec``, ``app`` (the app's catalog entry: ``app.version``, ``app.pins``, ``app.uid``...), ``sizing`` (with
 ``sizing.tuning``, the app's tuning for the size), ``secrets``, ``storage``, ``paths``. On top of it: ``ports``
 (every loopback port a process listens on: the one table the compose file, the app configs and the

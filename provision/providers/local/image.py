@@ -29,8 +29,8 @@ SUITE = "trixie"
 VARIANT = "minbase"
 IMAGE_FORMAT = 1  # bump when the build or cleaning steps change: forces a rebuild of cached images
 
-# Every package the playbook installs, plus what boots the machine and runs ansible. ONE list: the
-# playbook engineer reads it. debootstrap does not resolve virtual packages or Recommends, hence the
+# Every package the playbook installs (ansible/vars/packages.yml), plus what boots the machine and
+# runs ansible. debootstrap does not resolve virtual packages or Recommends, hence the
 # explicit python3-cffi-backend (for ansible-core) and docker-cli (docker.io only recommends it).
 PACKAGES: tuple[str, ...] = (
     "systemd",
@@ -142,7 +142,7 @@ def debootstrap_argv(rootfs: Path, mirror: str, packages: tuple[str, ...] = PACK
     ]
 
 
-# TESTHOST.md's flags: ownership by number, xattrs and ACLs kept, so the image boots the same everywhere.
+# Ownership by number, xattrs and ACLs kept, so the image boots the same everywhere.
 TAR_FLAGS = ["--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 
 

@@ -90,7 +90,7 @@ def machine_dir(name: str, state: Path | None = None) -> Path:
 
 
 def nspawn_argv(name: str, rootfs: Path, netns_path: Path, backups: Path) -> list[str]:
-    """The systemd-nspawn command that boots a machine (flags from TESTHOST.md, all needed here)."""
+    """The systemd-nspawn command that boots a machine (every flag is needed here)."""
     return [
         "systemd-nspawn",
         "--directory",
