@@ -21,6 +21,10 @@ APP_DIR = f"{SERVER_ROOT}/app"  # the compose project directory
 DATA_DIR = "/srv/fedi"
 SBIN = "/usr/local/sbin"  # fedi-backup, fedi-restore, fedi-cleanup
 
+# Where the Object Storage keys come from (created in the Hetzner console; never in fedi.toml).
+S3_ACCESS_ENV = "FEDI_S3_ACCESS_KEY"
+S3_SECRET_ENV = "FEDI_S3_SECRET_KEY"  # noqa: S105 - the name of a variable, not a secret
+
 
 @dataclass(frozen=True)
 class ObjectStorage:

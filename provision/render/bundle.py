@@ -17,7 +17,7 @@ from typing import Any
 from provision import apps
 from provision.apps import BundleFile
 from provision.errors import UsageError
-from provision.model import Bundle, ObjectStorage
+from provision.model import S3_ACCESS_ENV, S3_SECRET_ENV, Bundle, ObjectStorage
 from provision.render import quote
 from provision.render.context import build_context
 from provision.render.resources import templates_dir
@@ -92,8 +92,8 @@ def _check_storage(storage: ObjectStorage | None) -> None:
             raise ValidationError(f"storage/{field}", "is required")
     from provision.fields import check_text
 
-    # the keys come from $FEDI_S3_ACCESS_KEY / $FEDI_S3_SECRET_KEY: checked like every user value
-    for field, env in (("access_key", "FEDI_S3_ACCESS_KEY"), ("secret_key", "FEDI_S3_SECRET_KEY")):
+    # the keys come from the environment: checked like every user value
+    for field, env in (("access_key", S3_ACCESS_ENV), ("secret_key", S3_SECRET_ENV)):
         check_text(getattr(storage, field), f"storage/{field} (${env})", ("dotenv", "envfile", "yaml"))
     if storage.media_bucket == storage.backups_bucket:
         raise ValidationError("storage/backups_bucket", "must not be the media bucket")

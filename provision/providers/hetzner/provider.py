@@ -18,7 +18,7 @@ from typing import Any
 
 from provision import paths
 from provision.errors import MissingPrerequisite, ProvisionError, UsageError
-from provision.model import Bundle, HostAccess, ObjectStorage, StackOutputs
+from provision.model import S3_ACCESS_ENV, S3_SECRET_ENV, Bundle, HostAccess, ObjectStorage, StackOutputs
 from provision.providers import KeptBackups, Plan, Progress, Provider, StackSummary
 from provision.providers.hetzner.api import Api
 from provision.sizing import Sizing
@@ -26,8 +26,6 @@ from provision.spec import InstanceSpec
 from provision.timestamps import as_iso, utc_stamp
 from stacks.config import StackConfig, build_config, config_from_json, config_to_json, guess_zone, storage_for
 
-S3_ACCESS_ENV = "FEDI_S3_ACCESS_KEY"
-S3_SECRET_ENV = "FEDI_S3_SECRET_KEY"
 RESIZE_NOTE = (
     "changing the server type powers the server off, changes it and powers it on: expect 1-3 minutes without service"
 )

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from provision.errors import ProvisionError
+from provision.model import S3_ACCESS_ENV, S3_SECRET_ENV
 from provision.timestamps import utc_stamp
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -122,7 +123,7 @@ class S3:
         code = ""
         with contextlib.suppress(ET.ParseError):
             code = ET.fromstring(reply.content).findtext("Code") or ""  # noqa: S314 - see _NS
-        hint = "check FEDI_S3_ACCESS_KEY / FEDI_S3_SECRET_KEY" if reply.status_code in (401, 403) else None
+        hint = f"check {S3_ACCESS_ENV} / {S3_SECRET_ENV}" if reply.status_code in (401, 403) else None
         return ProvisionError(f"{what} in bucket {self.bucket.name}: the object storage answered "
                               f"{reply.status_code} {code}".rstrip(), hint=hint)  # fmt: skip
 
