@@ -28,11 +28,9 @@ def _key_text(value: str) -> str:
 
 def _target(stack, domain, provider, backend, command: str):
     from provision.access import admins
-    from provision.cli.target import hold_stack, resolve
+    from provision.cli.target import stack_target
 
-    name, prov = resolve(stack, domain, provider, backend)
-    outputs = prov.outputs(name)
-    hold_stack(name, command, prov)
+    name, prov, outputs = stack_target(stack, domain, provider, backend, hold=command)
     return name, prov, outputs, admins.from_records(outputs.extra.get("admins"))
 
 
@@ -117,10 +115,10 @@ def list_cmd(
 ) -> None:
     """The stack's admins besides the operator's own login (fedi)."""
     from provision.access import admins
-    from provision.cli.target import resolve
+    from provision.cli.target import stack_target
 
-    name, prov = resolve(stack, domain, provider, backend)
-    records = admins.from_records(prov.outputs(name).extra.get("admins"))
+    _, _, outputs = stack_target(stack, domain, provider, backend)
+    records = admins.from_records(outputs.extra.get("admins"))
     rows = admins.to_records(records)
     lines = [f"{'name':<16} {'key':<52} {'app role':<10} added"]
     lines += [f"{a.name:<16} {a.fingerprint:<52} {a.app_role or '-':<10} {a.added}" for a in records]

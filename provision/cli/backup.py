@@ -13,6 +13,7 @@ import typer
 
 from provision.cli.options import Backend, Domain, Json, Provider, StackOpt, Yes
 from provision.cli.output import emit, note
+from provision.cli.target import stack_target
 from provision.errors import Aborted
 
 HELP = """Backups of an instance: restic snapshots of its database, configuration and secrets (and media
@@ -46,17 +47,6 @@ Restoring into the same stack asks first and takes a safety snapshot of what is 
 backup_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 
-def _target(stack: str | None, domain: str | None, provider: str | None, backend: str | None, *, hold: str = ""):
-    """(stack name, provider object, its outputs) for the stack the flags name; with ``hold``, that
-    command holds the stack's lock first (StackBusy at once if another run is changing the stack)."""
-    from provision.cli.target import hold_stack, resolve
-
-    name, prov = resolve(stack, domain, provider, backend)
-    if hold:
-        hold_stack(name, hold, prov)
-    return name, prov, prov.outputs(name)
-
-
 @backup_app.command("now")
 def now_cmd(
     domain: Domain = None,
@@ -68,7 +58,7 @@ def now_cmd(
     """Run a backup now (the fedi-backup unit) and wait for it; fails if the backup fails."""
     from provision.lifecycle import backup
 
-    _, _, outputs = _target(stack, domain, provider, backend)
+    _, _, outputs = stack_target(stack, domain, provider, backend)
     note(f"backing up {outputs.stack} ...")
     run = backup.backup_now(backup.reachable(outputs))
     human = (
@@ -89,7 +79,7 @@ def status_cmd(
     """When the last good backup was taken, how the last run ended and when the next one runs."""
     from provision.lifecycle import backup
 
-    _, _, outputs = _target(stack, domain, provider, backend)
+    _, _, outputs = stack_target(stack, domain, provider, backend)
     st = backup.status(backup.reachable(outputs))
     age = f"{st.age_hours} h ago" if st.age_hours is not None else "never"
     human = (
@@ -112,7 +102,7 @@ def list_cmd(
     """The stack's snapshots, newest first, with their time and size."""
     from provision.lifecycle import backup
 
-    _, _, outputs = _target(stack, domain, provider, backend)
+    _, _, outputs = stack_target(stack, domain, provider, backend)
     snaps = backup.list_snapshots(backup.reachable(outputs))
     rows = [f"{'ID':<10} {'TIME':<20} {'SIZE':>10}  KIND       HOST"]
     for s in snaps:
@@ -143,7 +133,7 @@ def verify_cmd(
     snapshot show as differences: run it right after `fedi backup now` for an exact comparison."""
     from provision.lifecycle import backup
 
-    _, _, outputs = _target(stack, domain, provider, backend)
+    _, _, outputs = stack_target(stack, domain, provider, backend)
     report = backup.verify(backup.reachable(outputs), snapshot)
     lines = [
         f"snapshot {report['snapshot'][:8]} ({report['snapshot_time'][:19]}), {_why(report)}: "
@@ -196,14 +186,14 @@ def restore_cmd(
     from provision.lifecycle import backup, restore
 
     if into is not None:
-        target_name, target_prov, target = _target(into, None, provider, backend, hold="fedi backup restore")
+        target_name, target_prov, target = stack_target(into, None, provider, backend, hold="fedi backup restore")
     else:
-        target_name, target_prov, target = _target(stack, domain, provider, backend, hold="fedi backup restore")
+        target_name, target_prov, target = stack_target(stack, domain, provider, backend, hold="fedi backup restore")
     source_env, source, old_secrets = None, f"stack {target_name}", None
     if from_env is not None:
         source_env, source = backup.load_env_file(from_env), str(from_env)
     elif into is not None:
-        name, prov, outputs = _target(stack, domain, provider, backend)
+        name, prov, outputs = stack_target(stack, domain, provider, backend)
         source_env, source, old_secrets, source_domain = restore.source_env(name, prov, outputs, target)
         warning = restore.domain_warning(source, source_domain, target_name, target.extra.get("domain") or "")
         if warning:
@@ -249,7 +239,7 @@ def env_cmd(
     from provision.lifecycle import backup
     from provision.paths import write_private
 
-    _, _, outputs = _target(stack, domain, provider, backend)
+    _, _, outputs = stack_target(stack, domain, provider, backend)
     text = backup.read_server_env(backup.reachable(outputs))
     write_private(out, text)
     note(f"wrote {out} (0600). It holds the repository password: store it somewhere safe, offline.")

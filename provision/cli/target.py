@@ -51,6 +51,16 @@ def hold_stack(name: str, command: str, prov: Any) -> None:
     get_current_context().with_resource(stacklock.hold(name, command, prov.backend))  # released when the command ends
 
 
+def stack_target(stack: str | None, domain: str | None, provider: str | None, backend: str | None, *, hold: str = ""):
+    """(stack name, provider object, its outputs) for the stack the flags name; with ``hold``, that
+    command holds the stack's lock first (StackBusy at once if another run is changing the stack), so the
+    outputs it reads are the ones it will change."""
+    name, prov = resolve(stack, domain, provider, backend)
+    if hold:
+        hold_stack(name, hold, prov)
+    return name, prov, prov.outputs(name)
+
+
 def ephemeral_domain(domain: str) -> str:
     """A throwaway subdomain with a random suffix: the stack name carries it too."""
     return f"t{_secrets.token_hex(3)}.{validate_domain(domain)}"
