@@ -176,23 +176,7 @@ def play_argv(staging: str, user: str, layout: Any = None) -> list[str]:
     from provision.remote import commands
 
     layout = layout or commands.Layout()
-    return commands.privileged(
-        [
-            "env",
-            *commands.ANSIBLE_ENV,
-            layout.ansible_playbook,
-            "-c",
-            "local",
-            "-i",
-            "localhost,",
-            f"{staging}/ansible/{PLAY}",
-            "-e",
-            f"@{layout.bundle_dir}/ansible-vars.yml",
-            "-e",
-            f"@{staging}/admins.json",
-        ],
-        user,
-    )
+    return commands.playbook_argv(layout, f"{staging}/ansible/{PLAY}", f"{staging}/admins.json", user, scope=False)
 
 
 def login_access(access: Any, records: list[Admin], name: str | None, identity: Any) -> Any:

@@ -75,15 +75,21 @@ def ansible_argv(layout: Layout, user: str) -> list[str]:
 
     In a transient scope (systemd-run --scope execs the command in the foreground: its output and exit
     code are the playbook's), which is also why a second playbook cannot start while one still runs."""
-    scope = (
+    return playbook_argv(layout, f"{layout.ansible_dir}/site.yml", layout.runtime_file, user)
+
+
+def playbook_argv(layout: Layout, playbook: str, extra_vars: str, user: str, *, scope: bool = True) -> list[str]:
+    """ansible-playbook of ``playbook`` on the server against itself, as root, with the bundle's vars and
+    ``extra_vars`` (a file); in the layout's transient scope when ``scope``."""
+    unit = (
         ["systemd-run", "--scope", f"--unit={layout.scope}", "--collect", "--quiet",
          f"--property=TimeoutStopSec={STOP_TIMEOUT_S}", "--"]
-        if layout.scope
+        if scope and layout.scope
         else []
     )  # fmt: skip
     return privileged(
         [
-            *scope,
+            *unit,
             "env",
             *ANSIBLE_ENV,
             layout.ansible_playbook,
@@ -91,11 +97,11 @@ def ansible_argv(layout: Layout, user: str) -> list[str]:
             "local",
             "-i",
             "localhost,",
-            f"{layout.ansible_dir}/site.yml",
+            playbook,
             "-e",
             f"@{layout.bundle_dir}/ansible-vars.yml",
             "-e",
-            f"@{layout.runtime_file}",
+            f"@{extra_vars}",
         ],
         user,
     )
