@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,19 +88,11 @@ class TestMachine:
 
 @pytest.fixture(scope="session")
 def test_machine(local_image, tmp_path_factory):
-    from provision.providers.local import machine, manual
+    from tests.support.machines import booted_machine
 
     reason = testhost_missing()
     if reason:
         pytest.skip(reason)
     state = tmp_path_factory.mktemp("machine-state")
-    name = f"fedi-test-{uuid.uuid4().hex[:6]}"
-    directory = machine.machine_dir(name, state)
-    directory.mkdir(parents=True, mode=0o700)
-    boot = manual.dev_bootstrap(directory)
-    try:
-        machine.create(name, boot, _progress, state=state)
-        booted = machine.boot(name, _progress, cpus=2, memory_mb=4096, state=state)
+    with booted_machine(state, "fedi-test", _progress) as (booted, boot, directory):
         yield TestMachine(booted, state, directory / "client_key", boot.host_keys[0].public)
-    finally:
-        machine.destroy(name, _progress, state=state, purge_backups=True)

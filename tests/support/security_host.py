@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,8 +48,9 @@ class SecurityHost:
 def configured_host(work: Path, software: str = "lemmy") -> Iterator[SecurityHost]:
     """Render, boot, configure through fedi's remote step; destroy the machine afterwards."""
     from provision.model import Bundle, HostAccess
-    from provision.providers.local import image, machine, manual
+    from provision.providers.local import image
     from provision.remote.configure import configure
+    from tests.support.machines import booted_machine
 
     domain = f"{software}.localhost"
     env = {**os.environ, **{f"FEDI_{k}_DIR": str(work / k.lower()) for k in ("STATE", "CACHE", "CONFIG")}}
@@ -63,22 +63,13 @@ def configured_host(work: Path, software: str = "lemmy") -> Iterator[SecurityHos
         raise RuntimeError(f"fedi render failed: {proc.stdout}{proc.stderr}")
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     image.ensure_image(_progress)
-    state = work / "state"
-    name = f"fedi-sec-{uuid.uuid4().hex[:6]}"
-    directory = machine.machine_dir(name, state)
-    directory.mkdir(parents=True, mode=0o700)
-    boot = manual.dev_bootstrap(directory)
-    try:
-        machine.create(name, boot, _progress, state=state)
-        booted = machine.boot(name, _progress, cpus=2, memory_mb=4096, state=state)
+    with booted_machine(work / "state", "fedi-sec", _progress) as (booted, boot, directory):
         access = HostAccess(
             address=booted.address, user="fedi", host_key=boot.host_keys[0].public, client_key=directory / "client_key"
         )
         bundle = Bundle(bundle_dir, manifest, "", access.host_key)
         result = configure(access, bundle, RUNTIME, _progress, ansible_dir=ROOT / "ansible", log_dir=work / "logs")
         yield SecurityHost(software, domain, booted, replace(access, host_key=result.host_key), bundle_dir)
-    finally:
-        machine.destroy(name, _progress, state=state, purge_backups=True)
 
 
 # ---- ssh-audit ---------------------------------------------------------------------------------
