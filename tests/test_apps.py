@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_health import DOMAIN, Site, app_routes, make_ca, serve
+from test_health import DOMAIN, Site, app_routes, make_ca, serving
 
 from provision import apps
 from provision.apps import AdminAccount, App, BundleFile, CheckFailed, Cleanup, Tuning, field_of
@@ -84,14 +84,8 @@ def pki(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def site(pki: dict[str, Any]) -> Iterator[Site]:
-    s = Site()
-    servers = serve(s, *pki["ca"].issue(pki["tmp"], DOMAIN))
-    try:
+    with serving(Site(), pki) as s:
         yield s
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
 
 
 def healthy(site: Site, pki: dict[str, Any], name: str) -> health.HealthReport:

@@ -6,6 +6,7 @@ as the real apps shape them; the client connects to 127.0.0.1 with the domain as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -246,16 +247,22 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     return {"ca": good, "other": other, "bundle": good.pem(tmp_path / "ca.pem"), "tmp": tmp_path}
 
 
-@pytest.fixture
-def site(pki: dict[str, Any]) -> Iterator[Site]:
-    s = Site(routes=app_routes("mastodon"))
-    servers = serve(s, *pki["ca"].issue(pki["tmp"], DOMAIN))
+@contextlib.contextmanager
+def serving(site: Site, pki: dict[str, Any]) -> Iterator[Site]:
+    """``site`` on https and http with a certificate for DOMAIN from the test CA, shut down afterwards."""
+    servers = serve(site, *pki["ca"].issue(pki["tmp"], DOMAIN))
     try:
-        yield s
+        yield site
     finally:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+@pytest.fixture
+def site(pki: dict[str, Any]) -> Iterator[Site]:
+    with serving(Site(routes=app_routes("mastodon")), pki) as s:
+        yield s
 
 
 def target(site: Site, pki: dict[str, Any], app: str = "mastodon", **kw: Any) -> health.Target:
